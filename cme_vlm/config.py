@@ -1,0 +1,259 @@
+"""Compose, override, validate and save experiment configs.
+
+An experiment YAML names config groups under ``defaults`` (``model: tiny`` reads
+``configs/model/tiny.yaml`` into the ``model`` section), may build on another experiment
+with ``base: demo``, and sets any other key directly. Command-line overrides come last, as
+``a.b=1`` or ``--a.b=1`` (the form a W&B sweep agent passes); ``model=qwen2_5_vl_7b``
+selects a group. Every key and type is checked against ``cme_vlm.schema``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cme_vlm import atomic
+from cme_vlm.errors import ConfigError
+from cme_vlm.schema import ExperimentConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_EXPERIMENT = REPO_ROOT / "experiments" / "demo.yaml"
+CONFIG_FILENAME = "config.yaml"
+
+# config group -> folder under configs/
+GROUP_FOLDERS = {
+    "anatomy": "anatomy",
+    "data": "data",
+    "teacher": "teacher",
+    "model": "model",
+    "sft": "train",
+    "preference": "preference",
+    "dpo": "train",
+    "eval": "eval",
+}
+
+
+def configs_dir(experiment: Path | None) -> Path:
+    """The ``configs/`` folder beside the experiment's ``experiments/`` folder, else the repo's."""
+    if experiment is not None:
+        for parent in experiment.resolve().parents:
+            if (parent / "configs").is_dir():
+                return parent / "configs"
+    return REPO_ROOT / "configs"
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{what} '{path}' does not exist. Check the path, or run from the repository root.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} '{path}' is not valid YAML: {e}. Fix the syntax at the position shown.") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} '{path}' must hold a mapping of keys, not {type(data).__name__}.")
+    return data
+
+
+def group_choices(configs: Path, group: str) -> list[str]:
+    return sorted(p.stem for p in (configs / GROUP_FOLDERS[group]).glob("*.yaml"))
+
+
+def _group_node(configs: Path, group: str, choice: str, source: str) -> dict[str, Any]:
+    if group not in GROUP_FOLDERS:
+        raise ConfigError(
+            f"{source}: unknown config group '{group}'. Valid groups: {', '.join(GROUP_FOLDERS)}."
+        )
+    path = configs / GROUP_FOLDERS[group] / f"{choice}.yaml"
+    if not path.is_file():
+        choices = group_choices(configs, group)
+        hint = _did_you_mean(choice, choices)
+        raise ConfigError(
+            f"{source}: unknown {group} config '{choice}'{hint}. Choices: {', '.join(choices)} "
+            f"(files in {path.parent})."
+        )
+    return {group: _read_yaml(path, f"{group} config")}
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _schema_keys(full_key: str) -> list[str]:
+    """The keys the schema allows beside ``full_key`` (its parent's fields)."""
+    cls: Any = ExperimentConfig
+    for part in full_key.split(".")[:-1]:
+        if not (isinstance(cls, type) and is_dataclass(cls)):
+            return []
+        hints = get_type_hints(cls)
+        if part not in hints:
+            return []
+        cls = hints[part]
+        args = getattr(cls, "__args__", None)
+        if args:  # dict[str, X] / list[X]: step into X
+            cls = args[-1]
+    if isinstance(cls, type) and is_dataclass(cls):
+        return [f.name for f in fields(cls)]
+    return []
+
+
+def _explain(e: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+    first = str(e).splitlines()[0]
+    valid = _schema_keys(str(key))
+    leaf = str(key).split(".")[-1]
+    if valid and leaf not in valid:
+        return ConfigError(
+            f"{source}: unknown key '{key}'{_did_you_mean(leaf, valid)}. "
+            f"Valid keys here: {', '.join(valid)}."
+        )
+    return ConfigError(f"{source}: bad value for '{key}': {first}. Fix the value in the file or override.")
+
+
+def _merge(base: DictConfig, node: dict[str, Any], source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, node)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise _explain(e, source) from None
+
+
+def _compose_file(path: Path, configs: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"experiment '{path}' builds on itself through 'base'. Remove the cycle.")
+    body = _read_yaml(path, "experiment")
+    base_name = body.get("base", "")
+    if base_name:
+        base_path = path.parent / f"{base_name}.yaml"
+        if not base_path.is_file():
+            base_path = configs.parent / "experiments" / f"{base_name}.yaml"
+        cfg = _compose_file(base_path, configs, seen + (path,))
+    else:
+        cfg = OmegaConf.structured(ExperimentConfig)
+    defaults = body.pop("defaults", {}) or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: 'defaults' must map groups to names, e.g. 'model: tiny'.")
+    for group, choice in defaults.items():
+        cfg = _merge(cfg, _group_node(configs, group, str(choice), str(path)), f"{path} (group {group}={choice})")
+    cfg = _merge(cfg, {"defaults": {**OmegaConf.to_container(cfg.defaults), **defaults}}, str(path))
+    return _merge(cfg, body, str(path))
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
+    """``a.b=1`` / ``--a.b=1`` / ``--a.b 1`` -> [(key, value)] with YAML-typed values."""
+    pairs: list[tuple[str, Any]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i].removeprefix("--")
+        if "=" in arg:
+            key, raw = arg.split("=", 1)
+        elif args[i].startswith("--") and i + 1 < len(args):
+            key, raw = arg, args[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"override '{args[i]}' has no value. Write it as key=value, e.g. sft.lr=1e-5.")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        pairs.append((key.strip(), value))
+        i += 1
+    return pairs
+
+
+def load_config(experiment: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Compose an experiment file (default: ``experiments/demo.yaml``) with overrides and validate it."""
+    path = Path(experiment) if experiment else DEFAULT_EXPERIMENT
+    configs = configs_dir(path)
+    cfg = _compose_file(path, configs)
+    for key, value in parse_overrides(overrides or []):
+        source = f"override '{key}={value}'"
+        if key in GROUP_FOLDERS and isinstance(value, str):
+            cfg = _merge(cfg, _group_node(configs, key, value, source), source)
+            cfg = _merge(cfg, {"defaults": {key: value}}, source)
+            continue
+        node: dict[str, Any] = {}
+        cursor = node
+        *parents, leaf = key.split(".")
+        for part in parents:
+            cursor = cursor.setdefault(part, {})
+        cursor[leaf] = value
+        cfg = _merge(cfg, node, source)
+    try:
+        typed: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise _explain(e, str(path)) from None
+    check_config(typed)
+    return typed
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """Checks the types cannot express: ranges and contradictions."""
+    problems = []
+    d = cfg.data
+    if not 0 <= d.overlay.alpha <= 1:
+        problems.append(f"data.overlay.alpha={d.overlay.alpha} must lie in [0, 1]")
+    if not (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1):
+        problems.append("data.val_fraction + data.test_fraction must be below 1, each in [0, 1)")
+    if not d.prompts.templates:
+        problems.append("data.prompts.templates is empty; give at least one prompt")
+    if not cfg.anatomy.structures:
+        problems.append("anatomy.structures is empty; select an anatomy group, e.g. defaults: {anatomy: cme}")
+    for stage in ("sft", "dpo"):
+        train = getattr(cfg, stage)
+        modes = {c: getattr(train.freezing, c).value for c in ("vision_encoder", "merger", "language_model")}
+        if all(m == "freeze" for m in modes.values()):
+            problems.append(f"{stage}.freezing freezes every component, so nothing would train; set one to train or lora")
+        for component, mode in modes.items():
+            if mode == "lora" and component not in train.freezing.lora:
+                problems.append(f"{stage}.freezing.{component}=lora but {stage}.freezing.lora has no '{component}' entry")
+    if cfg.preference.k < 2:
+        problems.append(f"preference.k={cfg.preference.k}: at least 2 candidates are needed for a pair")
+    if cfg.preference.k > len(cfg.preference.sampling):
+        problems.append(
+            f"preference.k={cfg.preference.k} but only {len(cfg.preference.sampling)} preference.sampling settings; "
+            "give one setting per candidate"
+        )
+    w = cfg.eval.judge_weights
+    if w.clinical < 0 or w.conciseness < 0 or w.clinical + w.conciseness <= 0:
+        problems.append("eval.judge_weights must be non-negative with a positive sum")
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Any) -> Any:
+    """A plain, JSON-able view of a config or any of its sections."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+
+
+def fingerprint(*sections: Any) -> str:
+    """A stable hash of config sections, to tell whether a stage's inputs changed."""
+    blob = json.dumps([to_dict(s) for s in sections], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_config(cfg: ExperimentConfig, folder: str | Path) -> Path:
+    """Write the fully resolved config beside an output."""
+    path = Path(folder) / CONFIG_FILENAME
+    atomic.write_text(path, to_yaml(cfg))
+    return path
+
+
+def load_saved_config(folder: str | Path) -> ExperimentConfig:
+    """Read a resolved config saved by ``save_config``."""
+    path = Path(folder) / CONFIG_FILENAME
+    body = _read_yaml(path, "saved config")
+    cfg = _merge(OmegaConf.structured(ExperimentConfig), body, str(path))
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]

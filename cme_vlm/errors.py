@@ -1,0 +1,29 @@
+"""The project's exception types. Each message names the input at fault and how to fix it."""
+
+
+class CmeVlmError(Exception):
+    """Base class: an error a user can act on. The CLI prints it without a traceback."""
+
+
+class ConfigError(CmeVlmError):
+    """A config file, group or override is wrong."""
+
+
+class DataError(CmeVlmError):
+    """A frame, mask, manifest or dataset is wrong."""
+
+
+class PrivacyError(CmeVlmError):
+    """An outgoing request would carry something that must not leave the machine."""
+
+
+class TeacherError(CmeVlmError):
+    """The teacher or judge backend failed in a way the user must act on."""
+
+
+class ModelError(CmeVlmError):
+    """A model, checkpoint or weight directory is missing or of the wrong kind."""
+
+
+class TrainingError(CmeVlmError):
+    """Training cannot go on (for example a non-finite loss)."""

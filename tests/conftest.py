@@ -1,0 +1,44 @@
+"""Shared fixtures: the demo config, small and fast, and a registry with a sixth structure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cme_vlm.config import REPO_ROOT
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def cfg():
+    from cme_vlm.config import load_config
+
+    return load_config(None, ["data.synthetic.n_frames=24", "data.synthetic.n_procedures=6"])
+
+
+URETER = """
+  ureter:
+    display_name: ureter
+    synonyms: [left ureter]
+    side: left
+    annotation_count: 300
+    appearance: {shape: tube, colour: [230, 220, 200], scale: 0.5}
+    facts:
+      - {text: It runs beneath Gerota's fascia and must stay posterior to the plane., kind: pitfall, source: test}
+"""
+
+
+@pytest.fixture
+def sixth_structure_experiment(tmp_path: Path) -> Path:
+    """A copy of the repo's configs and experiments whose registry YAML gains a ureter entry."""
+    shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")
+    shutil.copytree(REPO_ROOT / "experiments", tmp_path / "experiments")
+    registry = tmp_path / "configs" / "anatomy" / "cme.yaml"
+    registry.write_text(registry.read_text() + URETER)
+    return tmp_path / "experiments" / "demo.yaml"

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cme_vlm.config import load_config, load_saved_config, parse_overrides, save_config
+from cme_vlm.errors import ConfigError
+from cme_vlm.schema import ComponentMode, DataSource
+
+
+def test_demo_composes_groups():
+    cfg = load_config()
+    assert cfg.name == "demo"
+    assert cfg.model.name == "tiny"
+    assert cfg.data.source is DataSource.synthetic
+    assert "inferior_mesenteric_vein" in cfg.anatomy.structures
+    assert cfg.defaults["sft"] == "sft_demo"
+
+
+def test_both_override_forms_agree():
+    a = load_config(None, ["sft.lr=0.5", "data.overlay.alpha=0.25"])
+    b = load_config(None, ["--sft.lr=0.5", "--data.overlay.alpha", "0.25"])
+    assert a.sft.lr == b.sft.lr == 0.5
+    assert a.data.overlay.alpha == b.data.overlay.alpha == 0.25
+
+
+def test_typo_is_refused_with_valid_keys():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["sft.lrr=1e-4"])
+    msg = str(e.value)
+    assert "sft.lrr" in msg and "did you mean 'lr'" in msg and "Valid keys here" in msg
+
+
+def test_wrong_type_is_refused():
+    with pytest.raises(ConfigError, match="sft.batch_size"):
+        load_config(None, ["sft.batch_size=many"])
+
+
+def test_bad_enum_lists_choices():
+    with pytest.raises(ConfigError, match="freeze"):
+        load_config(None, ["sft.freezing.merger=thaw"])
+
+
+def test_unknown_group_choice_lists_choices():
+    with pytest.raises(ConfigError, match="tiny"):
+        load_config(None, ["model=tinyy"])
+
+
+def test_group_selection_by_override():
+    cfg = load_config(None, ["teacher=gemini"])
+    assert cfg.teacher.backend.value == "gemini"
+    assert cfg.defaults["teacher"] == "gemini"
+
+
+def test_contradictory_freezing_is_refused():
+    with pytest.raises(ConfigError, match="nothing would train"):
+        load_config(None, ["sft.freezing.vision_encoder=freeze", "sft.freezing.merger=freeze",
+                           "sft.freezing.language_model=freeze"])
+
+
+def test_missing_experiment_file_is_named(tmp_path: Path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_typo_in_experiment_file_names_file(tmp_path: Path):
+    exp = tmp_path / "experiments" / "x.yaml"
+    exp.parent.mkdir()
+    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parents[1] / "configs")
+    exp.write_text("name: x\ndefaults: {anatomy: cme}\ndata: {overlay: {alhpa: 0.3}}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(exp)
+    assert "x.yaml" in str(e.value) and "data.overlay.alhpa" in str(e.value) and "alpha" in str(e.value)
+
+
+def test_saved_config_round_trips(tmp_path: Path):
+    cfg = load_config(None, ["sft.freezing.vision_encoder=lora", "seed=7"])
+    save_config(cfg, tmp_path)
+    again = load_saved_config(tmp_path)
+    assert again == cfg
+    assert again.sft.freezing.vision_encoder is ComponentMode.lora
+
+
+def test_parse_overrides_types_values():
+    assert parse_overrides(["a.b=1", "--c=x", "--d", "[1, 2]"]) == [("a.b", 1), ("c", "x"), ("d", [1, 2])]
+    with pytest.raises(ConfigError, match="no value"):
+        parse_overrides(["dangling"])
