@@ -1,0 +1,1 @@
+"""Frames and masks in, instruction records out: loaders, synthetic scenes, overlays, prompts."""
