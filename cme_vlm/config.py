@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 from dataclasses import fields, is_dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -234,7 +235,9 @@ def to_yaml(cfg: ExperimentConfig) -> str:
 
 
 def to_dict(cfg: Any) -> Any:
-    """A plain, JSON-able view of a config or any of its sections."""
+    """A plain, JSON-able view of a config, any of its sections, or a scalar."""
+    if not is_dataclass(cfg):
+        return cfg.value if isinstance(cfg, Enum) else cfg
     return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
 
 
