@@ -1,0 +1,28 @@
+"""The student's question: a template chosen per record by a seeded, machine-independent rule."""
+
+from __future__ import annotations
+
+import hashlib
+
+from cme_vlm.schema import PromptConfig
+
+
+def choose_prompt(prompts: PromptConfig, record_id: str) -> str:
+    """The template for ``record_id``: a SHA-256 of (seed, id) picks it, so it is stable everywhere."""
+    digest = hashlib.sha256(f"{prompts.seed}\x00{record_id}".encode()).digest()
+    return prompts.templates[int.from_bytes(digest[:8], "big") % len(prompts.templates)]
+
+
+def context_line(side: str, phase: str) -> str:
+    """The scene's context in words, e.g. "Context: left-sided CME, phase: mesocolic dissection."."""
+    parts = [f"{side}-sided CME"] if side else []
+    if phase:
+        parts.append(f"phase: {phase}")
+    return f"Context: {', '.join(parts)}." if parts else ""
+
+
+def student_prompt(prompts: PromptConfig, record_id: str, side: str, phase: str) -> str:
+    """The chosen template, followed by the context line when ``prompts.include_context``."""
+    question = choose_prompt(prompts, record_id)
+    context = context_line(side, phase) if prompts.include_context else ""
+    return f"{question}\n{context}" if context else question
