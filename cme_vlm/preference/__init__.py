@@ -1,0 +1,1 @@
+"""Preference data for DPO: sampled candidates, judged pairs, precomputed reference log-probs."""
