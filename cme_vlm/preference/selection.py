@@ -14,18 +14,20 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
+from cme_vlm.data.geometry import MaskGeometry
 from cme_vlm.schema import PreferenceConfig
 
 
 @dataclass(frozen=True)
 class PairContext:
-    """What a judge may know about a case: text only, never the image or an identifier."""
+    """What a judge may know about a case: text (and, for the local rubric, the mask's geometry)."""
 
     structure: str
     side: str
     phase: str
     prompt: str
     ground_truth: str
+    geometry: MaskGeometry | str = ""  # used by the offline rubric only; never sent
 
 
 @dataclass(frozen=True)
