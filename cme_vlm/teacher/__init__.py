@@ -1,0 +1,1 @@
+"""The privacy-preserving teacher: requests, privacy guard, Gemini and offline backends, journal, review."""

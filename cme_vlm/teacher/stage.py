@@ -1,0 +1,114 @@
+"""``cme-vlm teacher answer``: fill the instruction dataset with the teacher's answers."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from datasets import Dataset
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cme_vlm import atomic
+from cme_vlm.anatomy import Anatomy
+from cme_vlm.config import save_config
+from cme_vlm.data.records import load_dataset, save_dataset
+from cme_vlm.errors import TeacherError
+from cme_vlm.schema import ExperimentConfig
+from cme_vlm.schema import TeacherBackend as BackendName
+from cme_vlm.teacher.backend import TeacherBackend, TeacherResult, make_backend
+from cme_vlm.teacher.request import build_teacher_request
+
+console = Console(stderr=True)
+
+
+def _pending(ds: Dataset) -> list[int]:
+    """Rows to answer: all but those an expert already reviewed."""
+    return [i for i, p in enumerate(ds["provenance"]) if not p.startswith("expert_")]
+
+
+def _run(backend: TeacherBackend, ds: Dataset, rows: list[int], anatomy: Anatomy, workers: int) -> dict[int, TeacherResult]:
+    """Answer ``rows`` with up to ``workers`` requests in flight, showing progress."""
+    results: dict[int, TeacherResult] = {}
+    columns = (TextColumn("teacher {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress, ThreadPoolExecutor(workers) as pool:
+        task = progress.add_task(backend.model, total=len(rows))
+        futures: dict[Future[TeacherResult], int] = {}
+        try:
+            for i in rows:
+                request = build_teacher_request(ds[i], anatomy)
+                futures[pool.submit(backend.answer, request)] = i
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                progress.advance(task)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return results
+
+
+def _apply(ds: Dataset, results: dict[int, TeacherResult]) -> Dataset:
+    def fill(row: dict, i: int) -> dict:
+        r = results.get(i)
+        if r is None:
+            return row
+        ok = not r.failure
+        return {**row, "answer": r.answer if ok else "", "provenance": "teacher" if ok else "",
+                "teacher_model": r.model, "answered_at": r.time if ok else ""}
+
+    return ds.map(fill, with_indices=True, features=ds.features, desc="filling answers")
+
+
+def summarise(results: dict[int, TeacherResult], skipped: int, model: str) -> dict:
+    """Counts for ``summary.json``: answered (fresh and cached), failed by reason, kept expert rows."""
+    failures = Counter(r.failure for r in results.values() if r.failure)
+    answered = [r for r in results.values() if not r.failure]
+    return {
+        "model": model,
+        "records": len(results) + skipped,
+        "answered": len(answered),
+        "cached": sum(r.cached for r in answered),
+        "failed": sum(failures.values()),
+        "failed_by_reason": dict(sorted(failures.items())),
+        "kept_expert_reviewed": skipped,
+        "failure_fraction": sum(failures.values()) / max(1, len(results)),
+    }
+
+
+def _print(summary: dict) -> None:
+    table = Table(title=f"teacher answers ({summary['model']})")
+    table.add_column("outcome")
+    table.add_column("records", justify="right")
+    table.add_row("answered", str(summary["answered"]))
+    table.add_row("  of which cached", str(summary["cached"]))
+    for reason, n in summary["failed_by_reason"].items():
+        table.add_row(f"failed: {reason}", str(n), style="red")
+    table.add_row("kept (expert reviewed)", str(summary["kept_expert_reviewed"]))
+    console.print(table)
+
+
+def answer(cfg: ExperimentConfig, dataset: Path, out: Path) -> Path:
+    """Answer every record of ``dataset``; write ``out/dataset``, summary, journal, audit and config."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(dataset, "instruction dataset")
+    anatomy = Anatomy(cfg.anatomy)
+    backend = make_backend(cfg.teacher, anatomy, out)
+    (out / "audit.jsonl").touch()  # present even when nothing was sent, so the audit can say so
+    rows = _pending(ds)
+    workers = cfg.teacher.gemini.concurrency if cfg.teacher.backend == BackendName.gemini else 1
+    results = _run(backend, ds, rows, anatomy, max(1, workers))
+    summary = summarise(results, len(ds) - len(rows), backend.model)
+    target = save_dataset(_apply(ds, results), out)
+    atomic.write_json(out / "summary.json", summary)
+    save_config(cfg, out)
+    _print(summary)
+    if summary["failure_fraction"] > cfg.teacher.max_failure_fraction:
+        raise TeacherError(
+            f"{summary['failed']} of {len(results)} teacher requests failed ({summary['failed_by_reason']}), more than "
+            f"teacher.max_failure_fraction={cfg.teacher.max_failure_fraction}. Answers so far are kept in "
+            f"{out / 'journal.jsonl'}; fix the cause and re-run to resume."
+        )
+    return target
