@@ -8,6 +8,7 @@ Both score clinical/factual accuracy and conciseness on 1–5 and combine them a
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from cme_vlm.anatomy import Anatomy
@@ -17,6 +18,8 @@ from cme_vlm.evaluation import rubric
 from cme_vlm.schema import ExperimentConfig, JudgeBackend, JudgeWeights
 from cme_vlm.teacher.request import OutgoingRequest, RecordContext, mask_array
 
+JUDGE_JOURNAL = "judge_journal.jsonl"
+JUDGE_AUDIT = "judge_audit.jsonl"
 CLINICAL_CRITERIA = ("identification", "exclusivity", "laterality", "position", "facts")
 
 
@@ -30,6 +33,7 @@ class JudgeCase:
     geometry: MaskGeometry | str
     reference: str
     candidate: str
+    prompt: str = ""  # the question the student was asked
     context: RecordContext | None = field(default=None, repr=False, compare=False)  # for the privacy guard
 
     @classmethod
@@ -37,7 +41,8 @@ class JudgeCase:
         """A case from a dataset row (``cme_vlm.data.records``): its answer is the reference."""
         context = RecordContext.from_row(row)
         mask = context.mask if context.mask is not None else mask_array(row["mask"])
-        return cls(row["structure"], row["side"], row["phase"], mask_geometry(mask), row["answer"], candidate, context)
+        geometry = mask_geometry(mask)
+        return cls(row["structure"], row["side"], row["phase"], geometry, row["answer"], candidate, row["prompt"], context)
 
     @property
     def geometry_text(self) -> str:
@@ -162,6 +167,7 @@ class GeminiJudge:
                 "structure": self.anatomy.display(key),
                 "side": f"{case.side}-sided CME",
                 "phase": case.phase,
+                **({"prompt": case.prompt} if case.prompt else {}),
                 "region": case.geometry_text,
                 "reference_answer": case.reference,
                 "candidate_answer": case.candidate,
@@ -191,16 +197,28 @@ class GeminiJudge:
 
 
 def make_judge(
-    cfg: ExperimentConfig, backend: JudgeBackend | str | None = None, client: Any = None
+    cfg: ExperimentConfig,
+    backend: JudgeBackend | str | None = None,
+    client: Any = None,
+    workdir: str | Path | None = None,
 ) -> RubricJudge | GeminiJudge:
-    """The judge ``backend`` names (default ``cfg.eval.judge``); Gemini needs the teacher's ``client``."""
+    """The judge ``backend`` names (default ``cfg.eval.judge``).
+
+    Gemini uses ``client`` if given, else a ``GeminiClient`` (``cfg.teacher.gemini``) whose response
+    journal and audit log live in ``workdir``, so a re-run never pays for a verdict twice.
+    """
     backend = JudgeBackend(backend or cfg.eval.judge)
     anatomy = Anatomy(cfg.anatomy)
     if backend == JudgeBackend.rubric:
         return RubricJudge(anatomy, cfg.eval.judge_weights)
     if client is None:
-        raise ConfigError(
-            "the Gemini judge needs the teacher's GeminiClient (with its privacy guard, journal and audit log); "
-            "build one with cme_vlm.teacher.gemini, or set eval.judge=rubric for the offline judge."
-        )
+        if workdir is None:
+            raise ConfigError(
+                "the Gemini judge needs a folder for its response journal and audit log (workdir), "
+                "or a GeminiClient; or set eval.judge=rubric for the offline judge."
+            )
+        from cme_vlm.teacher.gemini import GeminiClient
+
+        folder = Path(workdir)
+        client = GeminiClient(cfg.teacher.gemini, folder / JUDGE_JOURNAL, folder / JUDGE_AUDIT, seed=cfg.seed)
     return GeminiJudge(client, anatomy, cfg.eval.judge_weights)

@@ -137,5 +137,5 @@ def test_gemini_judge_sends_text_only_and_weights_the_reply(cfg, anatomy, lower_
 
 def test_make_judge_defaults_to_the_config(cfg):
     assert isinstance(make_judge(cfg), RubricJudge)
-    with pytest.raises(ConfigError, match="GeminiClient"):
+    with pytest.raises(ConfigError, match="workdir"):
         make_judge(cfg, "gemini")
