@@ -174,6 +174,7 @@ class ModelConfig:
     path: str = ""  # local weight directory or hub id; empty: build from `architecture` (random weights)
     architecture: dict[str, Any] = field(default_factory=dict)  # config kwargs for a model built from config
     tokenizer: str = "offline"  # "offline": the byte-level BPE trained on the registry; else a path
+    offline_vocab_size: int = 1024  # target size of the offline BPE (before Qwen's special tokens)
     dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     attn_implementation: str = "sdpa"
     min_pixels: int = 224 * 224

@@ -42,3 +42,19 @@ def sixth_structure_experiment(tmp_path: Path) -> Path:
     registry = tmp_path / "configs" / "anatomy" / "cme.yaml"
     registry.write_text(registry.read_text() + URETER)
     return tmp_path / "experiments" / "demo.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    """The demo config with the ``tiny`` model (random weights seeded by ``seed``, offline tokenizer)."""
+    from cme_vlm.config import load_config
+
+    return load_config(None, ["model=tiny"])
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_cfg):
+    """The tiny model and processor, built once per session. Tests must not change its weights."""
+    from cme_vlm.models.loading import load_model
+
+    return load_model(tiny_cfg)

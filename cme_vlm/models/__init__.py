@@ -1,0 +1,1 @@
+"""Model families, loading, generation, freezing and export."""

@@ -1,0 +1,160 @@
+"""Load a model and its processor: from a local folder (offline), a hub id, or built from config.
+
+A model built from ``cfg.model.architecture`` gets random weights seeded by ``cfg.seed`` and
+the offline tokenizer, so the "base" model of a run is reproducible without any download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
+
+from cme_vlm.errors import ModelError
+from cme_vlm.models.adapters import ModelAdapter, adapter_for, adapter_for_model_type
+from cme_vlm.models.tokenizer import QWEN_FIRST_SPECIAL_ID, train_offline_tokenizer
+from cme_vlm.schema import ExperimentConfig, ModelConfig
+
+ADAPTER_DIRNAME = "adapter"  # a LoRA adapter kept beside exported base weights
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    processor: ProcessorMixin
+    adapter: ModelAdapter
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``auto``: bf16 where a GPU is present, fp32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    try:
+        return getattr(torch, name)
+    except AttributeError:
+        raise ModelError(f"model.dtype='{name}' is not a torch dtype. Use auto, float32, bfloat16 or float16.") from None
+
+
+def load_model(cfg: ExperimentConfig, path: str | Path | None = None) -> LoadedModel:
+    """The model of ``path`` (an exported folder) if given, else of ``cfg.model``."""
+    adapter = adapter_for(cfg.model.family)
+    source = str(path) if path else cfg.model.path
+    if not source:
+        return build_from_config(cfg, adapter)
+    return _from_pretrained(source, cfg.model, adapter, "--model" if path else "model.path")
+
+
+def build_from_config(cfg: ExperimentConfig, adapter: ModelAdapter) -> LoadedModel:
+    """A model of ``cfg.model.architecture`` with random weights seeded by ``cfg.seed``."""
+    m = cfg.model
+    text = dict(m.architecture.get("text_config", {}))
+    first_special = QWEN_FIRST_SPECIAL_ID if text.get("vocab_size", 0) > QWEN_FIRST_SPECIAL_ID else 0
+    tokenizer = train_offline_tokenizer(cfg.anatomy, cfg.data.prompts, m.offline_vocab_size, first_special)
+    processor = adapter.build_processor(tokenizer, m.min_pixels, m.max_pixels)
+    config = adapter.config_class(**_with_token_ids(m.architecture, tokenizer))
+    config._attn_implementation = m.attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = adapter.model_class(config).to(resolve_dtype(m.dtype))
+    _set_generation_tokens(model, tokenizer)
+    return LoadedModel(model.eval(), processor, adapter)
+
+
+def _with_token_ids(architecture: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """The architecture with vocabulary size and special-token ids taken from the tokenizer."""
+    ids = {name: tokenizer.convert_tokens_to_ids(f"<|{name}|>") for name in
+           ("endoftext", "im_end", "image_pad", "video_pad", "vision_start", "vision_end")}
+    text = dict(architecture.get("text_config", {}))
+    text["vocab_size"] = max(text.get("vocab_size", 0), len(tokenizer))
+    text.update(bos_token_id=ids["endoftext"], eos_token_id=ids["im_end"], pad_token_id=ids["endoftext"])
+    return {
+        **architecture,
+        "text_config": text,
+        "image_token_id": ids["image_pad"],
+        "video_token_id": ids["video_pad"],
+        "vision_start_token_id": ids["vision_start"],
+        "vision_end_token_id": ids["vision_end"],
+    }
+
+
+def _set_generation_tokens(model: PreTrainedModel, tokenizer: Any) -> None:
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+
+def _is_local(source: str) -> bool:
+    return os.path.isabs(source) or source.startswith((".", "~")) or Path(source).exists() or source.count("/") != 1
+
+
+def _from_pretrained(source: str, m: ModelConfig, adapter: ModelAdapter, key: str) -> LoadedModel:
+    folder = Path(source).expanduser()
+    if _is_local(source) and not folder.is_dir():
+        raise ModelError(
+            f"{key}: model folder '{source}' does not exist. Point {key} at a local folder holding "
+            "config.json and *.safetensors (e.g. a downloaded Qwen/Qwen2.5-VL-7B-Instruct), or leave "
+            "model.path empty to build the model from model.architecture."
+        )
+    if folder.is_dir():
+        _check_family(folder, adapter, key)
+    try:
+        processor = AutoProcessor.from_pretrained(source, size={"shortest_edge": m.min_pixels, "longest_edge": m.max_pixels})
+    except OSError as e:
+        raise _unreachable(source, key, e) from e
+    model = _load_weights(source, m, adapter, key)
+    if (folder / ADAPTER_DIRNAME).is_dir():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(folder / ADAPTER_DIRNAME)).merge_and_unload()
+    return LoadedModel(model.eval(), processor, adapter)
+
+
+def _load_weights(source: str, m: ModelConfig, adapter: ModelAdapter, key: str) -> PreTrainedModel:
+    try:
+        return adapter.model_class.from_pretrained(
+            source, dtype=resolve_dtype(m.dtype), attn_implementation=m.attn_implementation
+        )
+    except OSError as e:
+        if Path(source).is_dir():
+            raise _corrupt(source, key, e) from e
+        raise _unreachable(source, key, e) from e
+    except Exception as e:  # safetensors raises its own error types for a damaged file
+        raise _corrupt(source, key, e) from e
+
+
+def _check_family(folder: Path, adapter: ModelAdapter, key: str) -> None:
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelError(f"{key}: '{folder}' has no config.json, so it is not a Hugging Face model folder.")
+    model_type = json.loads(config.read_text()).get("model_type", "?")
+    if model_type != adapter.model_type:
+        found = adapter_for_model_type(model_type)
+        hint = f"set model.family={found.family.value}" if found else "use a supported family"
+        raise ModelError(
+            f"{key}: '{folder}' holds a '{model_type}' model but model.family is '{adapter.family.value}'. "
+            f"Select the matching model config or {hint}."
+        )
+
+
+def _unreachable(source: str, key: str, e: Exception) -> ModelError:
+    return ModelError(
+        f"{key}: cannot load '{source}' ({type(e).__name__}): the hub is unreachable or the id is wrong "
+        f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). Download the weights once elsewhere and "
+        f"set {key}=/path/to/local/folder (model.path=... on the command line)."
+    )
+
+
+def _corrupt(source: str, key: str, e: Exception) -> ModelError:
+    return ModelError(
+        f"{key}: the weights in '{source}' cannot be read ({type(e).__name__}: {str(e)[:200]}). "
+        "A weight file is truncated or corrupt: copy the folder again (check the file sizes)."
+    )

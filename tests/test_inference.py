@@ -1,0 +1,46 @@
+"""``explain`` on the tiny model: overlay written beside, answer equal to direct generation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cme_vlm.errors import DataError
+from cme_vlm.inference import explain, overlay_for
+from cme_vlm.models.export import export_model
+from cme_vlm.models.generation import generate
+from cme_vlm.models.loading import load_model
+
+
+@pytest.fixture
+def frame_and_mask(tmp_path):
+    frame = np.full((96, 128, 3), 90, np.uint8)
+    mask = np.zeros((96, 128), np.uint8)
+    mask[20:60, 30:90] = 255
+    Image.fromarray(frame).save(tmp_path / "case7.png")
+    Image.fromarray(mask).save(tmp_path / "case7_mask.png")
+    return tmp_path / "case7.png", tmp_path / "case7_mask.png"
+
+
+def test_explain_prints_the_local_answer_and_writes_the_overlay(tiny_cfg, tiny_loaded, frame_and_mask, tmp_path, monkeypatch):
+    model_dir = export_model(tiny_loaded.model, tiny_loaded.processor, tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    frame, mask = frame_and_mask
+    answer = explain(tiny_cfg, model_dir, frame, mask, structure="IMV")
+    overlay = np.asarray(Image.open(tmp_path / "case7_overlay.png"))
+    assert overlay.shape == (tiny_cfg.data.image_size, tiny_cfg.data.image_size, 3)
+    centre, corner = overlay[overlay.shape[0] // 2, overlay.shape[1] // 2], overlay[2, 2]
+    assert centre[1] > corner[1] and tuple(corner) == (90, 90, 90)  # tinted green only inside the mask
+    from cme_vlm.inference import _prompt_for
+
+    image = overlay_for(tiny_cfg, frame, mask)
+    expected = generate(load_model(tiny_cfg, model_dir), [image], [_prompt_for(tiny_cfg, frame)], max_new_tokens=tiny_cfg.eval.max_new_tokens)
+    assert answer == expected[0]
+
+
+def test_explain_refuses_an_empty_mask(tiny_cfg, frame_and_mask, tmp_path):
+    frame, _ = frame_and_mask
+    Image.fromarray(np.zeros((96, 128), np.uint8)).save(tmp_path / "empty.png")
+    with pytest.raises(DataError, match="--mask"):
+        overlay_for(tiny_cfg, frame, tmp_path / "empty.png")
