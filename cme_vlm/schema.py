@@ -203,7 +203,7 @@ class FreezingConfig:
     language_model: ComponentMode = ComponentMode.train
     lora: dict[str, LoraSpec] = field(
         default_factory=lambda: {
-            "vision_encoder": LoraSpec(target_modules=["qkv", "proj"]),
+            "vision_encoder": LoraSpec(target_modules=["attn.qkv", "attn.proj"]),
             "merger": LoraSpec(target_modules=["mlp.0", "mlp.2"]),
             "language_model": LoraSpec(),
         }
@@ -345,6 +345,7 @@ class EvalConfig:
     bleu_smoothing: str = "exp"  # sacrebleu smooth_method for sentence BLEU: exp | floor | add-k | none
     expert_cases: int = 40
     gallery_size: int = 8
+    max_cases: int = 0  # evaluate only the first N test records (by id); 0: all
     seed: int = 0
 
 
