@@ -126,7 +126,7 @@ class FakeGemini:
 
     def inline_parts(self) -> list[bytes]:
         return [
-            base64.b64decode(p["inlineData"]["data"])
+            base64.urlsafe_b64decode(p["inlineData"]["data"].replace("+", "-").replace("/", "_"))
             for c in self.calls
             for content in c.body.get("contents", [])
             for p in content.get("parts", [])

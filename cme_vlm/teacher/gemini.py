@@ -10,6 +10,8 @@ that every paid attempt is counted and audited here.
 from __future__ import annotations
 
 import email.utils
+import importlib
+import importlib.util
 import json
 import os
 import random
@@ -19,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -34,6 +35,10 @@ RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 FATAL_STATUS = {401: "the API key was rejected", 403: "the API key lacks permission", 404: "the model was not found"}
 # Failures that asking again would not change are journalled; transient ones are retried on a re-run.
 TRANSIENT_PREFIXES = ("http_", "timeout", "network")
+# google-genai sends through httpx or its fork httpx2, whichever is installed.
+_HTTP_LIBS = [importlib.import_module(m) for m in ("httpx", "httpx2") if importlib.util.find_spec(m)]
+TIMEOUT_ERRORS = tuple(lib.TimeoutException for lib in _HTTP_LIBS)
+TRANSPORT_ERRORS = tuple(lib.TransportError for lib in _HTTP_LIBS)
 
 
 @dataclass(frozen=True)
@@ -188,9 +193,9 @@ class GeminiClient:
                 retry_after = retry_after_s(e)
             except genai_errors.UnknownApiResponseError:
                 return None, "malformed"
-            except httpx.TimeoutException:
+            except TIMEOUT_ERRORS:
                 failure = "timeout"
-            except httpx.TransportError:
+            except TRANSPORT_ERRORS:
                 failure = "network"
             if attempt < self.cfg.max_retries:
                 time.sleep(self._backoff_s(attempt, retry_after))
