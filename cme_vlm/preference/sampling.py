@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datasets import Dataset
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -91,17 +92,19 @@ def _sample_chunk(
     return per_record, resamples
 
 
-def sample_candidates(
-    loaded: LoadedModel, rows: Sequence[dict[str, Any]], cfg: PreferenceConfig, journal: Path
-) -> dict[str, CandidateSet]:
-    """K candidates for each row (``id``, ``overlay``, ``prompt``); resumes from ``journal``."""
+def sample_candidates(loaded: LoadedModel, records: Dataset, cfg: PreferenceConfig, journal: Path) -> dict[str, CandidateSet]:
+    """K candidates for each record (``id``, ``overlay``, ``prompt``); resumes from ``journal``.
+
+    Records are read chunk by chunk, so the images of a large dataset are never all in memory.
+    """
     done = read_journal(journal)
-    todo = [row for row in rows if row["id"] not in done]
+    ids = records["id"]
+    todo = [i for i, record_id in enumerate(ids) if record_id not in done]
     columns = (TextColumn("sampling candidates"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True) as progress:
-        task = progress.add_task("sample", total=len(rows), completed=len(rows) - len(todo))
+        task = progress.add_task("sample", total=len(ids), completed=len(ids) - len(todo))
         for start in range(0, len(todo), cfg.batch_size):
-            chunk = todo[start : start + cfg.batch_size]
+            chunk = [records[i] for i in todo[start : start + cfg.batch_size]]
             per_record, resamples = _sample_chunk(
                 loaded, [r["overlay"].convert("RGB") for r in chunk], [r["prompt"] for r in chunk], cfg
             )
@@ -110,4 +113,4 @@ def sample_candidates(
                 atomic.append_jsonl(journal, result.to_json())
                 done[row["id"]] = result
             progress.advance(task, len(chunk))
-    return {row["id"]: done[row["id"]] for row in rows}
+    return {record_id: done[record_id] for record_id in ids}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from datasets import Dataset
 from PIL import Image
 
 from cme_vlm.preference import sampling
@@ -12,9 +13,11 @@ from cme_vlm.preference.sampling import duplicate_flags, read_journal, sample_ca
 from cme_vlm.schema import PreferenceConfig, SamplingSetting
 
 
-def _rows(n: int) -> list[dict]:
-    return [{"id": f"r{i}", "overlay": Image.new("RGB", (112, 112), (40 * i, 90, 60)), "prompt": "What is highlighted?"}
-            for i in range(n)]
+def _rows(n: int) -> Dataset:
+    return Dataset.from_list(
+        [{"id": f"r{i}", "overlay": Image.new("RGB", (112, 112), (40 * i, 90, 60)), "prompt": "What is highlighted?"}
+         for i in range(n)]
+    )
 
 
 def _cfg(**kw) -> PreferenceConfig:
