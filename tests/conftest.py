@@ -58,3 +58,20 @@ def tiny_loaded(tiny_cfg):
     from cme_vlm.models.loading import load_model
 
     return load_model(tiny_cfg)
+
+
+@pytest.fixture(scope="session")
+def built_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``01-data`` stage folder built from 24 synthetic frames of 6 procedures (demo config).
+
+    ``cme_vlm.data.records.load_dataset(built_dataset)`` gives the instruction records (no answers);
+    the synthetic tree is beside it in ``../00-frames``. Treat both as read-only.
+    """
+    from cme_vlm.config import load_config
+    from cme_vlm.data.stage import build, synthesize
+
+    run = tmp_path_factory.mktemp("built-run")
+    cfg = load_config(None, ["data.synthetic.n_frames=24", "data.synthetic.n_procedures=6"])
+    synthesize(cfg, run / "00-frames")
+    build(cfg, run / "00-frames", run / "01-data")
+    return run / "01-data"
