@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cme_vlm.data.collate import ChatEncoder
-from cme_vlm.training.dpo_losses import answer_logprobs
+from cme_vlm.training.logprobs import hf_model
+from cme_vlm.training.losses import next_token_targets, sequence_logprobs, token_logprobs
 
 
 @dataclass
@@ -59,7 +60,7 @@ class PairCollator:
         return batch
 
 
-def _shared_features(model: torch.nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
+def _shared_features(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
     """Encode the ``B`` images once and repeat their features for the ``2B`` sequences."""
     features = model.get_image_features(batch["pixel_values"], batch["image_grid_thw"], return_dict=True)
     shared = dict(features.items())
@@ -69,19 +70,24 @@ def _shared_features(model: torch.nn.Module, batch: dict[str, Tensor]) -> dict[s
     return {"image": type(features)(**shared)}
 
 
-def pair_logprobs(model: torch.nn.Module, batch: dict[str, Tensor], share_image: bool = True) -> PairLogps:
+def pair_logprobs(model: nn.Module, batch: dict[str, Tensor], share_image: bool = True) -> PairLogps:
     """Answer log-probs of the accepted and rejected halves in one forward pass over ``2B`` sequences.
 
-    ``share_image=False`` encodes each sequence's image separately (the reference behaviour the
-    shared path must reproduce).
+    The head runs on answer positions only, chunked (``cme_vlm.training.losses.token_logprobs``).
+    ``share_image=False`` encodes each sequence's image separately (the behaviour the shared
+    path must reproduce).
     """
-    grid = batch["image_grid_thw"].repeat(2, 1)
+    inner = hf_model(model)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
     if share_image:
-        inputs["mm_encoder_outputs"] = _shared_features(model, batch)
+        inputs["mm_encoder_outputs"] = _shared_features(inner, batch)
     else:
         inputs["pixel_values"] = batch["pixel_values"].repeat(2, 1)
-    logits = model(**inputs, image_grid_thw=grid, use_cache=False).logits
-    logp, tokens = answer_logprobs(logits, batch["labels"])
+    grid = batch["image_grid_thw"].repeat(2, 1)
+    hidden = inner.model(**inputs, image_grid_thw=grid, use_cache=False).last_hidden_state  # [2B, T, H]
+    positions, targets = next_token_targets(batch["labels"])
+    head = inner.lm_head.weight
+    logp = sequence_logprobs(token_logprobs(hidden[positions].to(head.dtype), head, targets), positions)
+    tokens = positions.sum(-1)
     half = batch["image_grid_thw"].shape[0]
     return PairLogps(logp[:half], logp[half:], tokens[:half], tokens[half:])

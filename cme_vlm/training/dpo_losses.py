@@ -120,16 +120,3 @@ def dpo_loss(
         rejected_rewards=(beta * (policy_rejected - ref_rejected)).detach(),
     )
 
-
-def answer_logprobs(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> tuple[Tensor, Tensor]:
-    """Summed log-probs of the answer tokens and their count.
-
-    ``logits``: ``[N, T, V]`` (position ``t`` predicts token ``t+1``); ``labels``: ``[N, T]``
-    with ``ignore_index`` on prompt and padding. Returns ``logp: [N]`` (float32, Σ_t log p(y_t | y_<t, x))
-    and ``tokens: [N]`` (the number of answer tokens).
-    """
-    targets = labels[:, 1:]
-    mask = targets != ignore_index
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * mask).sum(-1), mask.sum(-1)
