@@ -14,7 +14,7 @@ from rich.table import Table
 from cme_vlm import atomic
 from cme_vlm.anatomy import Anatomy
 from cme_vlm.config import save_config
-from cme_vlm.data.records import load_dataset, save_dataset
+from cme_vlm.data.records import DATASET_DIRNAME, load_dataset, save_dataset
 from cme_vlm.errors import TeacherError
 from cme_vlm.schema import ExperimentConfig
 from cme_vlm.schema import TeacherBackend as BackendName
@@ -24,9 +24,19 @@ from cme_vlm.teacher.request import build_teacher_request
 console = Console(stderr=True)
 
 
-def _pending(ds: Dataset) -> list[int]:
-    """Rows to answer: all but those an expert already reviewed."""
-    return [i for i, p in enumerate(ds["provenance"]) if not p.startswith("expert_")]
+ANSWER_COLUMNS = ("answer", "provenance", "teacher_model", "answered_at")
+
+
+def _reviewed(ds: Dataset, out: Path) -> dict[str, dict]:
+    """Expert-reviewed answers, from the input or from this stage's earlier output: a re-run keeps them."""
+    kept = {}
+    previous = out / DATASET_DIRNAME
+    sources = [ds] + ([load_dataset(previous, "earlier teacher output")] if previous.is_dir() else [])
+    for source in sources:
+        for row in source.select_columns(["id", *ANSWER_COLUMNS]):
+            if row["provenance"].startswith("expert_"):
+                kept.setdefault(row["id"], {c: row[c] for c in ANSWER_COLUMNS})
+    return kept
 
 
 def _run(backend: TeacherBackend, ds: Dataset, rows: list[int], anatomy: Anatomy, workers: int) -> dict[int, TeacherResult]:
@@ -49,16 +59,19 @@ def _run(backend: TeacherBackend, ds: Dataset, rows: list[int], anatomy: Anatomy
     return results
 
 
-def _apply(ds: Dataset, results: dict[int, TeacherResult]) -> Dataset:
-    def fill(row: dict, i: int) -> dict:
-        r = results.get(i)
-        if r is None:
-            return row
-        ok = not r.failure
-        return {**row, "answer": r.answer if ok else "", "provenance": "teacher" if ok else "",
-                "teacher_model": r.model, "answered_at": r.time if ok else ""}
+def _fill(result: TeacherResult) -> dict:
+    ok = not result.failure
+    return {"answer": result.answer if ok else "", "provenance": "teacher" if ok else "",
+            "teacher_model": result.model, "answered_at": result.time if ok else ""}
 
-    return ds.map(fill, with_indices=True, features=ds.features, desc="filling answers")
+
+def _apply(ds: Dataset, results: dict[int, TeacherResult], reviewed: dict[str, dict]) -> Dataset:
+    def fill(row: dict, i: int) -> dict:
+        if row["id"] in reviewed:
+            return {**row, **reviewed[row["id"]]}
+        return {**row, **_fill(results[i])} if i in results else row
+
+    return ds.map(fill, with_indices=True, features=ds.features, keep_in_memory=True, desc="filling answers")
 
 
 def summarise(results: dict[int, TeacherResult], skipped: int, model: str) -> dict:
@@ -97,11 +110,12 @@ def answer(cfg: ExperimentConfig, dataset: Path, out: Path) -> Path:
     anatomy = Anatomy(cfg.anatomy)
     backend = make_backend(cfg.teacher, anatomy, out)
     (out / "audit.jsonl").touch()  # present even when nothing was sent, so the audit can say so
-    rows = _pending(ds)
+    reviewed = _reviewed(ds, out)
+    rows = [i for i, rid in enumerate(ds["id"]) if rid not in reviewed]
     workers = cfg.teacher.gemini.concurrency if cfg.teacher.backend == BackendName.gemini else 1
     results = _run(backend, ds, rows, anatomy, max(1, workers))
     summary = summarise(results, len(ds) - len(rows), backend.model)
-    target = save_dataset(_apply(ds, results), out)
+    target = save_dataset(_apply(ds, results, reviewed), out)
     atomic.write_json(out / "summary.json", summary)
     save_config(cfg, out)
     _print(summary)
