@@ -11,11 +11,15 @@ Columns (``RECORD_FEATURES``):
 - ``mask``: the binary mask at the same resolution, mode "L", values 0/255 (PNG)
 - ``answer``, ``provenance``, ``teacher_model``, ``answered_at``: filled by the teacher stage;
   provenance is "" (no answer yet), teacher, expert_approved, expert_edited or expert_rejected
+
+Export with ``export_dataset`` to Parquet or JSONL (images as base64 PNG strings).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 from pathlib import Path
 
 import datasets
@@ -79,14 +83,35 @@ def load_dataset(path: str | Path, what: str = "dataset") -> Dataset:
         raise DataError(f"{what} '{path}' cannot be read ({e}). Re-run the stage that wrote it.") from e
 
 
+def _image_columns(ds: Dataset) -> list[str]:
+    return [name for name, feature in ds.features.items() if isinstance(feature, ImageFeature)]
+
+
+def raw_images(ds: Dataset) -> Dataset:
+    """The same records with image columns left as stored: ``{"bytes": PNG bytes, "path": None}``."""
+    for name in _image_columns(ds):
+        ds = ds.cast_column(name, ImageFeature(decode=False))
+    return ds
+
+
+def _write_jsonl(ds: Dataset, path: Path) -> None:
+    """One JSON object per record; image columns become base64 PNG strings."""
+    images = _image_columns(ds)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in raw_images(ds):
+            for name in images:
+                row[name] = base64.b64encode(row[name]["bytes"]).decode("ascii") if row[name] else None
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
 def export_dataset(ds: Dataset, path: str | Path) -> Path:
-    """Export to Parquet (``.parquet``) or JSONL (``.jsonl``, images as PNG bytes in base64)."""
+    """Export to Parquet (``.parquet``) or JSONL (``.jsonl``, images as base64 PNG strings)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     if path.suffix == ".parquet":
         ds.to_parquet(str(tmp))
     elif path.suffix == ".jsonl":
-        ds.to_json(str(tmp), lines=True)
+        _write_jsonl(ds, tmp)
     else:
         raise DataError(f"export path '{path}' must end in .parquet or .jsonl.")
     tmp.replace(path)

@@ -13,45 +13,13 @@ from cme_vlm.data.frames import load_dsad, load_manifest, read_frame, read_mask,
 from cme_vlm.errors import DataError
 
 
-def _frame(path: Path, value: int = 120, size: tuple[int, int] = (20, 16)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = np.full((size[1], size[0], 3), value, np.uint8)
-    rgb[..., 0] = np.arange(size[0], dtype=np.uint8)[None, :] * 7
-    Image.fromarray(rgb).save(path)
-
-
-def _mask(path: Path, size: tuple[int, int] = (20, 16), box: tuple[int, int, int, int] = (2, 2, 9, 9)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    m = np.zeros((size[1], size[0]), np.uint8)
-    m[box[1] : box[3], box[0] : box[2]] = 255
-    Image.fromarray(m, mode="L").save(path)
-
-
-def write_manifest_tree(root: Path, n_procedures: int = 3, frames_per: int = 2) -> Path:
-    """A valid little manifest tree: each frame has a pancreas mask, even frames also an IMV mask."""
-    rows = []
-    for p in range(n_procedures):
-        for f in range(frames_per):
-            frame = f"img/p{p}/f{f}.png"
-            _frame(root / frame, value=40 * f + p)
-            masks = {"pancreas": f"msk/p{p}/f{f}_pancreas.png"}
-            if f % 2 == 0:
-                masks["IMV"] = f"msk/p{p}/f{f}_imv.png"
-            for rel in masks.values():
-                _mask(root / rel)
-            rows.append({"frame": frame, "masks": masks, "procedure": f"P{p}", "side": "left", "phase": "vascular ligation"})
-    manifest = root / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return manifest
-
-
 @pytest.fixture
 def anatomy(cfg) -> Anatomy:
     return Anatomy(cfg.anatomy)
 
 
-def test_jsonl_manifest_loads_with_synonyms(tmp_path: Path, anatomy: Anatomy):
-    samples = load_manifest(write_manifest_tree(tmp_path), tmp_path, anatomy)
+def test_jsonl_manifest_loads_with_synonyms(trees, tmp_path: Path, anatomy: Anatomy):
+    samples = load_manifest(trees.manifest(tmp_path), tmp_path, anatomy)
     assert len(samples) == 6
     first = samples[0]
     assert first.name == "img/p0/f0.png" and first.frame == tmp_path / "img/p0/f0.png"
@@ -59,16 +27,16 @@ def test_jsonl_manifest_loads_with_synonyms(tmp_path: Path, anatomy: Anatomy):
     assert first.side == "left" and first.procedure == "P0" and first.phase == "vascular ligation"
 
 
-def test_csv_manifest_with_mask_columns(tmp_path: Path, anatomy: Anatomy):
-    write_manifest_tree(tmp_path, 1, 1)
+def test_csv_manifest_with_mask_columns(trees, tmp_path: Path, anatomy: Anatomy):
+    trees.manifest(tmp_path, 1, 1)
     csv = tmp_path / "manifest.csv"
     csv.write_text("frame,procedure,side,phase,mask_pancreas,mask_duodenum\nimg/p0/f0.png,P0,right,x,msk/p0/f0_pancreas.png,\n")
     (sample,) = load_manifest(csv, tmp_path, anatomy)
     assert sample.masks == {"pancreas": tmp_path / "msk/p0/f0_pancreas.png"} and sample.side == "right"
 
 
-def test_csv_manifest_with_json_masks_and_merged_rows(tmp_path: Path, anatomy: Anatomy):
-    write_manifest_tree(tmp_path, 1, 1)
+def test_csv_manifest_with_json_masks_and_merged_rows(trees, tmp_path: Path, anatomy: Anatomy):
+    trees.manifest(tmp_path, 1, 1)
     csv = tmp_path / "manifest.csv"
     csv.write_text(
         'frame,masks,procedure,side,phase\n'
@@ -99,8 +67,8 @@ def test_manifest_problems_name_the_line(tmp_path: Path, anatomy: Anatomy, body:
         load_manifest(csv, tmp_path, anatomy)
 
 
-def test_read_frame_and_mask_problems(tmp_path: Path):
-    _frame(tmp_path / "f.png")
+def test_read_frame_and_mask_problems(trees, tmp_path: Path):
+    trees.frame(tmp_path / "f.png")
     with pytest.raises(DataError, match="'.*missing.png' does not exist"):
         read_frame(tmp_path / "missing.png")
     data = (tmp_path / "f.png").read_bytes()
@@ -119,34 +87,18 @@ def test_read_frame_and_mask_problems(tmp_path: Path):
     Image.fromarray(np.tile(np.arange(20, dtype=np.uint8), (16, 1)), mode="L").save(tmp_path / "grey.png")
     with pytest.raises(DataError, match="grey.png' is not binary"):
         read_mask(tmp_path / "grey.png")
-    _mask(tmp_path / "empty.png", box=(0, 0, 0, 0))
+    trees.mask(tmp_path / "empty.png", box=(0, 0, 0, 0))
     with pytest.raises(DataError, match="empty.png' is empty"):
         read_mask(tmp_path / "empty.png")
-    _mask(tmp_path / "big.png", size=(21, 16))
+    trees.mask(tmp_path / "big.png", size=(21, 16))
     with pytest.raises(DataError, match="big.png' is 21x16 but its frame is 20x16"):
         read_mask(tmp_path / "big.png", read_frame(tmp_path / "f.png").shape)
-    _mask(tmp_path / "ok.png")
+    trees.mask(tmp_path / "ok.png")
     assert read_mask(tmp_path / "ok.png", (16, 20, 3)).sum() == 49
 
 
-def write_dsad_tree(root: Path) -> None:
-    """DSAD layout: two registry structures (one frame shared), an unknown folder and the ignored extras."""
-    for patient in ("01", "03"):
-        for n in range(2):
-            _frame(root / "pancreas" / patient / f"image{n:02d}.png", value=10 * n + int(patient))
-            _mask(root / "pancreas" / patient / f"mask{n:02d}.png")
-    # the same frame (same pixels) under another structure and another number
-    _frame(root / "intestinal_veins" / "01" / "image07.png", value=10 * 1 + 1)
-    _mask(root / "intestinal_veins" / "01" / "mask07.png", box=(10, 10, 15, 15))
-    _frame(root / "colon" / "01" / "image00.png")
-    _mask(root / "colon" / "01" / "mask00.png")
-    _mask(root / "anno_1" / "pancreas" / "01" / "mask00.png", box=(0, 0, 0, 0))
-    _frame(root / "multilabel" / "01" / "image00.png")
-    (root / "weak_labels.csv").write_text("image,colon\n")
-
-
-def test_dsad_layout(tmp_path: Path, anatomy: Anatomy, caplog: pytest.LogCaptureFixture):
-    write_dsad_tree(tmp_path)
+def test_dsad_layout(trees, tmp_path: Path, anatomy: Anatomy, caplog: pytest.LogCaptureFixture):
+    trees.dsad(tmp_path)
     with caplog.at_level(logging.WARNING):
         samples = load_dsad(tmp_path, anatomy, "left", "mesocolic dissection")
     assert "colon" in caplog.text and caplog.text.count("skipped") == 1
@@ -159,10 +111,10 @@ def test_dsad_layout(tmp_path: Path, anatomy: Anatomy, caplog: pytest.LogCapture
     assert all(s.side == "left" and s.phase == "mesocolic dissection" for s in samples)
 
 
-def test_dsad_problems(tmp_path: Path, anatomy: Anatomy):
+def test_dsad_problems(trees, tmp_path: Path, anatomy: Anatomy):
     with pytest.raises(DataError, match="not a folder"):
         load_dsad(tmp_path / "nowhere", anatomy, "left", "x")
-    _mask(tmp_path / "pancreas" / "01" / "mask04.png")
+    trees.mask(tmp_path / "pancreas" / "01" / "mask04.png")
     with pytest.raises(DataError, match="mask04.png' has no frame 'image04.png'"):
         load_dsad(tmp_path, anatomy, "left", "x")
 
