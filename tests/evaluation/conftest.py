@@ -50,3 +50,29 @@ def answered_dir(tmp_path: Path) -> Path:
     """A teacher-stage folder holding a small answered dataset (4 test records)."""
     save_dataset(answered_records(), tmp_path / "02-teacher")
     return tmp_path / "02-teacher"
+
+
+@pytest.fixture(scope="session")
+def evaluated(tiny_cfg, tmp_path_factory):
+    """One `evaluate` run (tiny base + an exported, perturbed copy as SFT; no DPO) shared by the tests.
+
+    Returns (cfg, dataset folder, sft folder, eval folder); tests that change the eval folder copy it first.
+    """
+    import dataclasses
+
+    import torch
+
+    from cme_vlm.evaluation.stage import evaluate
+    from cme_vlm.models.export import export_model
+    from cme_vlm.models.loading import load_model
+
+    root = tmp_path_factory.mktemp("evaluated")
+    dataset = root / "02-teacher"
+    save_dataset(answered_records(), dataset)
+    loaded = load_model(dataclasses.replace(tiny_cfg, seed=1))
+    with torch.no_grad():
+        loaded.model.lm_head.weight.mul_(3.0)
+    sft = export_model(loaded.model, loaded.processor, root / "03-sft" / "model")
+    cfg = dataclasses.replace(tiny_cfg, eval=dataclasses.replace(tiny_cfg.eval, max_new_tokens=8, gallery_size=2))
+    evaluate(cfg, dataset, sft=sft, dpo=root / "05-dpo" / "model", out=root / "06-eval")
+    return cfg, dataset, sft, root / "06-eval"

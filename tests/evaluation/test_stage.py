@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import subprocess
 
 import pytest
-import torch
 
 from cme_vlm.evaluation.stage import evaluate
 
 
-@pytest.fixture
-def sft_folder(tiny_cfg, tmp_path):
-    """An exported model that differs from the base: the tiny model with perturbed weights."""
-    from cme_vlm.models.export import export_model
-    from cme_vlm.models.loading import load_model
-
-    loaded = load_model(dataclasses.replace(tiny_cfg, seed=1))
-    with torch.no_grad():
-        loaded.model.lm_head.weight.mul_(3.0)
-    return export_model(loaded.model, loaded.processor, tmp_path / "03-sft" / "model")
-
-
-@pytest.fixture
-def eval_cfg(tiny_cfg):
-    return dataclasses.replace(tiny_cfg, eval=dataclasses.replace(tiny_cfg.eval, max_new_tokens=8, gallery_size=2))
-
-
 @pytest.mark.slow
-def test_evaluate_writes_the_report_and_the_html_renders(eval_cfg, answered_dir, sft_folder, tmp_path):
-    out = tmp_path / "06-eval"
-    evaluate(eval_cfg, answered_dir, sft=sft_folder, dpo=tmp_path / "05-dpo" / "model", out=out)
+def test_evaluate_writes_the_report_and_the_html_renders(evaluated, tmp_path):
+    eval_cfg, answered_dir, sft_folder, out = evaluated
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["models"]) == ["base", "sft"]  # the missing DPO model is left out
     base = metrics["models"]["base"]
