@@ -87,6 +87,7 @@ def train_sft(cfg: ExperimentConfig, dataset: Path, out: Path) -> Path:
     if not resume.is_file():
         trainer.validate(module, datamodule=data, verbose=False)
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None)
+    trainer.save_checkpoint(resume)  # the final state, whatever step the periodic saves stopped at
     if trainer.is_global_zero:
         export_model(module.model, loaded.processor, out / "model", train.freezing.merge_lora_on_export)
         _write_metrics(module, out)
