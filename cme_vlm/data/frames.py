@@ -113,6 +113,13 @@ def _masks_of(row: dict[str, Any], where: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in masks.items()}
 
 
+def _missing_columns(columns: Iterable[str]) -> list[str]:
+    """Required columns absent from ``columns``; ``mask_<structure>`` columns stand in for ``masks``."""
+    columns = set(columns)
+    has_mask_columns = any(c.startswith("mask_") for c in columns)
+    return [c for c in MANIFEST_COLUMNS if c not in columns and not (c == "masks" and has_mask_columns)]
+
+
 def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(where, row) for each row of a CSV or JSONL manifest."""
     if not path.is_file():
@@ -129,9 +136,7 @@ def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
         return rows
     if path.suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
-        columns = set(reader.fieldnames or [])
-        required = set(MANIFEST_COLUMNS) - ({"masks"} if any(c.startswith("mask_") for c in columns) else set())
-        if missing := sorted(required - columns):
+        if missing := _missing_columns(reader.fieldnames or []):
             raise DataError(f"manifest '{path}' lacks column(s) {', '.join(missing)}. Required: {', '.join(MANIFEST_COLUMNS)}.")
         return [(f"manifest '{path}' line {i}", row) for i, row in enumerate(reader, 2)]
     raise DataError(f"manifest '{path}' must end in .csv or .jsonl.")
@@ -142,14 +147,16 @@ def load_manifest(path: str | Path, root: str | Path, anatomy: Anatomy) -> list[
     path, root = Path(path), Path(root)
     samples: dict[str, FrameSample] = {}
     for where, row in _read_rows(path):
-        if missing := [c for c in MANIFEST_COLUMNS if c not in row and not (c == "masks" and any(k.startswith("mask_") for k in row))]:
+        if missing := _missing_columns(row):
             raise DataError(f"{where} lacks column(s) {', '.join(missing)}. Required: {', '.join(MANIFEST_COLUMNS)}.")
         name = str(row["frame"])
         masks = {anatomy.resolve(s, source=where): root / p for s, p in _masks_of(row, where).items()}
-        sample = FrameSample(str(row["procedure"]), root / name, {}, _side(row["side"], where), str(row["phase"]), name, where)
-        sample = samples.setdefault(name, sample)
-        if (sample.procedure, sample.side, sample.phase) != (str(row["procedure"]), row["side"], str(row["phase"])):
-            raise DataError(f"{where}: frame '{name}' is listed before ({sample.where}) with another procedure, side or phase. Keep one.")
+        listed = FrameSample(str(row["procedure"]), root / name, {}, _side(row["side"], where), str(row["phase"]), name, where)
+        sample = samples.setdefault(name, listed)
+        if (sample.procedure, sample.side, sample.phase) != (listed.procedure, listed.side, listed.phase):
+            raise DataError(
+                f"{where}: frame '{name}' is listed before ({sample.where}) with another procedure, side or phase. Keep one."
+            )
         for key, mask in masks.items():
             if key in sample.masks:
                 raise DataError(f"{where}: duplicate record, frame '{name}' already has a '{key}' mask ({sample.where}). Remove one.")

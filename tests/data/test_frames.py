@@ -58,6 +58,8 @@ def test_csv_manifest_with_json_masks_and_merged_rows(trees, tmp_path: Path, ana
         ('frame,masks,procedure,side,phase\na.png,"{""pancreas"": ""m.png""}",P,both,x\n', "line 2: side 'both'"),
         ('frame,masks,procedure,side,phase\na.png,"{""pancreas"": ""m.png""}",P,left,x\n'
          'a.png,"{""pancreatic tissue"": ""n.png""}",P,left,x\n', "line 3: duplicate record.*pancreas"),
+        ('frame,masks,procedure,side,phase\na.png,"{""pancreas"": ""m.png""}",P,left,x\n'
+         'a.png,"{""IMV"": ""n.png""}",P,right,x\n', "line 3: frame 'a.png' is listed before"),
     ],
 )
 def test_manifest_problems_name_the_line(tmp_path: Path, anatomy: Anatomy, body: str, match: str):
