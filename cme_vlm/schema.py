@@ -359,6 +359,7 @@ class WandbConfig:
     allow_image_upload: bool = False  # frames are patient data
     judge_every_n_val: int = 1
     judge_subset: int = 16
+    callbacks: list[str] = field(default_factory=lambda: ["judge", "per_structure", "ablation", "samples"])
 
 
 # --------------------------------------------------------------------------- root

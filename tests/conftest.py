@@ -75,3 +75,50 @@ def built_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     synthesize(cfg, run / "00-frames")
     build(cfg, run / "00-frames", run / "01-data")
     return run / "01-data"
+
+
+ANSWERED_CASES = (
+    ("inferior_mesenteric_vein", "left", "The highlighted structure is the inferior mesenteric vein, in the lower "
+     "left of the frame. In left-sided CME it is ligated high below the inferior border of the pancreas."),
+    ("duodenum", "right", "The highlighted structure is the duodenum, in the centre of the frame. Exposing it "
+     "confirms the correct plane in right-sided CME; its thin wall is easily injured by thermal spread."),
+    ("pancreas", "left", "The highlighted structure is the pancreas, in the upper right. Its lower border marks "
+     "the level of high IMV ligation in left-sided CME, and it can be mistaken for fat."),
+    ("angels_hair", "right", "The highlighted structure is angel's hair, loose areolar tissue between the layers. "
+     "Its appearance under traction confirms the dissection is in the correct embryological plane."),
+)
+
+
+def _answered_records(n_test: int = 4, size: int = 112, n_val: int = 0):
+    """``n_val`` val, ``n_test`` test and two train records cycling through ``ANSWERED_CASES``; ``size``-pixel overlays."""
+    import numpy as np
+    from datasets import Dataset
+    from PIL import Image
+
+    from cme_vlm.data.records import RECORD_FEATURES, record_id
+
+    splits = ["val"] * n_val + ["test"] * n_test + ["train"] * 2
+    rows = []
+    for i, split in enumerate(splits):
+        structure, side, answer = ANSWERED_CASES[i % len(ANSWERED_CASES)]
+        rng = np.random.default_rng(i)
+        frame = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), bool)
+        mask[size // 2 : size - 8, 8 : size // 3 + i] = True
+        frame[mask] = (0.6 * frame[mask] + 0.4 * np.array([0, 255, 0])).astype(np.uint8)
+        procedure, frame_id = f"p{i}", f"p{i}/f{i}.png"
+        rows.append({
+            "id": record_id(procedure, frame_id, structure), "procedure": procedure, "frame": frame_id,
+            "structure": structure, "side": side, "phase": "mesocolic dissection",
+            "split": split,
+            "prompt": "Identify the highlighted anatomical structure and explain its significance for CME.",
+            "overlay": Image.fromarray(frame), "mask": Image.fromarray(mask.astype(np.uint8) * 255, mode="L"),
+            "answer": answer, "provenance": "teacher", "teacher_model": "offline", "answered_at": "",
+        })
+    return Dataset.from_list(rows, features=RECORD_FEATURES)
+
+
+@pytest.fixture(scope="session")
+def answered_records():
+    """A builder of small answered instruction datasets: ``answered_records(n_test=4, size=112, n_val=0)``."""
+    return _answered_records

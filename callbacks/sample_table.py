@@ -1,0 +1,38 @@
+"""``SampleTableCallback``: a W&B table of validation answers; frames only where uploads are allowed."""
+
+from __future__ import annotations
+
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+
+from callbacks.sampler import ValidationSampler
+
+COLUMNS = ["step", "structure", "side", "prompt", "reference", "answer", "judge", "identified"]
+
+
+class SampleTableCallback(Callback):
+    """Logs ``val/samples`` every N validation epochs. ``allow_images`` adds the overlay (patient data!)."""
+
+    def __init__(self, sampler: ValidationSampler, allow_images: bool = False, every_n_val: int = 1):
+        self.sampler = sampler
+        self.allow_images = allow_images
+        self.every_n_val = max(1, every_n_val)
+        self._validations = 0
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        self._validations += 1
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or (self._validations - 1) % self.every_n_val:
+            return
+        import wandb
+
+        columns = COLUMNS + (["overlay"] if self.allow_images else [])
+        table = wandb.Table(columns=columns)
+        for s in self.sampler.samples(pl_module.model, trainer.global_step):
+            row = [trainer.global_step, s.structure, s.row["side"], s.row["prompt"], s.row["answer"], s.answer,
+                   s.judge.composite, s.identified]
+            table.add_data(*row, *([wandb.Image(s.overlay)] if self.allow_images else []))
+        for logger in loggers:
+            logger.experiment.log({"val/samples": table, "trainer/global_step": trainer.global_step})

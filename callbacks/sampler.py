@@ -1,0 +1,63 @@
+"""A fixed validation subset, answered greedily by the model in training and judged; shared by the callbacks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from cme_vlm.anatomy import Anatomy
+from cme_vlm.evaluation.clinical import identification_hits, laterality_errors
+from cme_vlm.evaluation.judge import JudgeCase, JudgeScore
+from cme_vlm.evaluation.metrics import sentence_bleu
+from cme_vlm.models.generation import generate
+from cme_vlm.models.loading import LoadedModel
+from cme_vlm.schema import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One validation case with the model's answer and its scores."""
+
+    row: dict[str, Any]
+    answer: str
+    judge: JudgeScore
+    bleu4: float
+    identified: bool
+    laterality_error: bool
+
+    @property
+    def structure(self) -> str:
+        return self.row["structure"]
+
+    @property
+    def overlay(self) -> Image.Image:
+        return self.row["overlay"]
+
+
+class ValidationSampler:
+    """Generates and judges ``rows`` at most once per training step, however many callbacks ask."""
+
+    def __init__(self, cfg: ExperimentConfig, loaded: LoadedModel, rows: list[dict[str, Any]], judge: Any):
+        self.cfg, self.loaded, self.rows, self.judge = cfg, loaded, rows, judge
+        self.anatomy = Anatomy(cfg.anatomy)
+        self._cache: tuple[int, list[Sample]] | None = None
+
+    def samples(self, model: Any, step: int) -> list[Sample]:
+        """The subset answered by ``model`` (the module's current weights) at training step ``step``."""
+        if self._cache is not None and self._cache[0] == step:
+            return self._cache[1]
+        current = LoadedModel(model, self.loaded.processor, self.loaded.adapter)
+        answers = generate(current, [r["overlay"].convert("RGB") for r in self.rows], [r["prompt"] for r in self.rows],
+                           None, self.cfg.eval.max_new_tokens, self.cfg.eval.batch_size)
+        refs = [r["answer"] for r in self.rows]
+        hits = identification_hits(self.anatomy, answers, [r["structure"] for r in self.rows])
+        lateral = laterality_errors(answers, [r["side"] for r in self.rows])
+        bleu = sentence_bleu(answers, refs, self.cfg.eval.bleu_smoothing)
+        samples = [
+            Sample(row, a, self.judge.score(JudgeCase.from_row(row, a)), b, h, e)
+            for row, a, b, h, e in zip(self.rows, answers, bleu, hits, lateral, strict=True)
+        ]
+        self._cache = (step, samples)
+        return samples
