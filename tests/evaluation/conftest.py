@@ -18,7 +18,7 @@ def answered_dir(tmp_path: Path, answered_records) -> Path:
 
 @pytest.fixture(scope="session")
 def evaluated(tiny_cfg, tmp_path_factory, answered_records):
-    """One `evaluate` run (tiny base + an exported, perturbed copy as SFT; no DPO) shared by the tests.
+    """One `cme-vlm evaluate` run (tiny base + an exported, perturbed copy as SFT; no DPO) shared by the tests.
 
     Returns (cfg, dataset folder, sft folder, eval folder); tests that change the eval folder copy it first.
     """
@@ -26,7 +26,8 @@ def evaluated(tiny_cfg, tmp_path_factory, answered_records):
 
     import torch
 
-    from cme_vlm.evaluation.stage import evaluate
+    from cme_vlm.cli import main
+    from cme_vlm.config import load_config
     from cme_vlm.models.export import export_model
     from cme_vlm.models.loading import load_model
 
@@ -37,6 +38,8 @@ def evaluated(tiny_cfg, tmp_path_factory, answered_records):
     with torch.no_grad():
         loaded.model.lm_head.weight.mul_(3.0)
     sft = export_model(loaded.model, loaded.processor, root / "03-sft" / "model")
-    cfg = dataclasses.replace(tiny_cfg, eval=dataclasses.replace(tiny_cfg.eval, max_new_tokens=8, gallery_size=2))
-    evaluate(cfg, dataset, sft=sft, dpo=root / "05-dpo" / "model", out=root / "06-eval")
-    return cfg, dataset, sft, root / "06-eval"
+    overrides = ["model=tiny", "eval.max_new_tokens=8", "eval.gallery_size=2"]
+    paths = ["--dataset", str(dataset), "--sft", str(sft), "--dpo", str(root / "05-dpo" / "model"),
+             "--out", str(root / "06-eval")]
+    assert main(["evaluate", *paths, *overrides]) == 0
+    return load_config(None, overrides), dataset, sft, root / "06-eval"
