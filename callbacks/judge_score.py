@@ -4,24 +4,20 @@ from __future__ import annotations
 
 from statistics import fmean
 
-from lightning import Callback, LightningModule, Trainer
+from lightning import LightningModule, Trainer
 
-from callbacks.sampler import ValidationSampler
+from callbacks.sampler import EveryNValidations, ValidationSampler
 
 
-class JudgeScoreCallback(Callback):
+class JudgeScoreCallback(EveryNValidations):
     """Logs ``val/judge`` (composite), its clinical and conciseness parts, identification and laterality errors."""
 
     def __init__(self, sampler: ValidationSampler, every_n_val: int = 1):
+        super().__init__(every_n_val)
         self.sampler = sampler
-        self.every_n_val = max(1, every_n_val)
-        self._validations = 0
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self._validations += 1
-        if (self._validations - 1) % self.every_n_val:
+        if not self.due(trainer):
             return
         samples = self.sampler.samples(pl_module.model, trainer.global_step)
         pl_module.log_dict({

@@ -5,24 +5,20 @@ from __future__ import annotations
 from collections import defaultdict
 from statistics import fmean
 
-from lightning import Callback, LightningModule, Trainer
+from lightning import LightningModule, Trainer
 
-from callbacks.sampler import Sample, ValidationSampler
+from callbacks.sampler import EveryNValidations, Sample, ValidationSampler
 
 
-class PerStructureMetricsCallback(Callback):
+class PerStructureMetricsCallback(EveryNValidations):
     """Logs ``val_structure/<structure>/{judge,identification,bleu4}`` every N validation epochs."""
 
     def __init__(self, sampler: ValidationSampler, every_n_val: int = 1):
+        super().__init__(every_n_val)
         self.sampler = sampler
-        self.every_n_val = max(1, every_n_val)
-        self._validations = 0
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self._validations += 1
-        if (self._validations - 1) % self.every_n_val:
+        if not self.due(trainer):
             return
         groups: dict[str, list[Sample]] = defaultdict(list)
         for s in self.sampler.samples(pl_module.model, trainer.global_step):

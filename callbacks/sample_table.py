@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-from lightning import Callback, LightningModule, Trainer
+from lightning import LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
-from callbacks.sampler import ValidationSampler
+from callbacks.sampler import EveryNValidations, ValidationSampler
 
 COLUMNS = ["step", "structure", "side", "prompt", "reference", "answer", "judge", "identified"]
 
 
-class SampleTableCallback(Callback):
+class SampleTableCallback(EveryNValidations):
     """Logs ``val/samples`` every N validation epochs. ``allow_images`` adds the overlay (patient data!)."""
 
     def __init__(self, sampler: ValidationSampler, allow_images: bool = False, every_n_val: int = 1):
+        super().__init__(every_n_val)
         self.sampler = sampler
         self.allow_images = allow_images
-        self.every_n_val = max(1, every_n_val)
-        self._validations = 0
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        self._validations += 1
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if not loggers or (self._validations - 1) % self.every_n_val:
+        if not self.due(trainer) or not loggers or not trainer.is_global_zero:
             return
         import wandb
 

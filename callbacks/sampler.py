@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lightning import Callback, Trainer
 from PIL import Image
 
 from cme_vlm.anatomy import Anatomy
@@ -61,3 +62,18 @@ class ValidationSampler:
         ]
         self._cache = (step, samples)
         return samples
+
+
+class EveryNValidations(Callback):
+    """Base for callbacks that act on every N-th validation epoch (sanity checks do not count)."""
+
+    def __init__(self, every_n_val: int = 1):
+        self.every_n_val = max(1, every_n_val)
+        self._validations = 0
+
+    def due(self, trainer: Trainer) -> bool:
+        """Count this validation and say whether it is one to act on (the 1st, the N+1-th, ...)."""
+        if trainer.sanity_checking:
+            return False
+        self._validations += 1
+        return (self._validations - 1) % self.every_n_val == 0

@@ -104,3 +104,13 @@ def test_config_diff_lists_only_changed_keys(tiny_cfg):
 
     other = dataclasses.replace(tiny_cfg, name="x", sft=dataclasses.replace(tiny_cfg.sft, lr=1.0))
     assert config_diff(other, tiny_cfg) == {"sft.lr": {"base": tiny_cfg.sft.lr, "run": 1.0}}
+
+
+def test_every_n_validations_skips_sanity_checks_and_counts_from_the_first():
+    from types import SimpleNamespace
+
+    from callbacks.sampler import EveryNValidations
+
+    every2 = EveryNValidations(2)
+    sanity, real = SimpleNamespace(sanity_checking=True), SimpleNamespace(sanity_checking=False)
+    assert [every2.due(t) for t in (sanity, real, real, real, real, real)] == [False, True, False, True, False, True]
