@@ -1,0 +1,75 @@
+"""``cme-vlm train dpo``: direct preference optimisation of the SFT model on the preference pairs.
+
+Writes ``out/checkpoints`` (a re-run resumes from ``last.ckpt``), ``out/model`` (Hugging Face
+export), ``out/metrics.json`` (reward accuracy and margin on the train and val pairs before and
+after training) and the resolved config. The trainer and export are the SFT stage's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from rich.console import Console
+from torch import nn
+
+from cme_vlm import atomic
+from cme_vlm.config import save_config
+from cme_vlm.data.collate import ChatEncoder
+from cme_vlm.data.records import load_dataset
+from cme_vlm.models.export import export_model
+from cme_vlm.models.freezing import apply_freezing, parameter_table
+from cme_vlm.models.loading import load_model
+from cme_vlm.preference.datamodule import PreferenceDataModule
+from cme_vlm.preference.records import check_preference_dataset
+from cme_vlm.preference.reference import AdapterDisabledReference, InMemoryReference, PrecomputedReference, Reference
+from cme_vlm.schema import ExperimentConfig, ReferenceMode
+from cme_vlm.training.dpo_module import DPOModule, pair_metrics
+from cme_vlm.training.sft_stage import build_trainer, total_optimizer_steps
+
+console = Console(stderr=True)
+
+
+def make_reference(cfg: ExperimentConfig, model: Path, policy: nn.Module) -> Reference:
+    """The reference ``dpo.reference`` selects; only ``in_memory`` loads a second model."""
+    mode = ReferenceMode(cfg.dpo.reference)
+    if mode is ReferenceMode.precomputed:
+        return PrecomputedReference()
+    if mode is ReferenceMode.adapter_disabled:
+        return AdapterDisabledReference(policy)
+    return InMemoryReference(load_model(cfg, model).model)
+
+
+def _pair_report(module: DPOModule, data: PreferenceDataModule) -> dict[str, dict[str, float]]:
+    report = {"train": pair_metrics(module, data.train_eval_dataloader())}
+    if len(data.val_set):
+        report["val"] = pair_metrics(module, data.val_dataloader())
+    return report
+
+
+def train_dpo(cfg: ExperimentConfig, dataset: Path, model: Path, out: Path) -> Path:
+    """DPO from the SFT model in ``model`` on the pairs in ``dataset``; return the exported model folder."""
+    out, train = Path(out), cfg.dpo
+    pairs = load_dataset(dataset, "preference dataset")
+    check_preference_dataset(pairs, f"preference dataset '{dataset}'", train.reference == ReferenceMode.precomputed)
+    L.seed_everything(train.seed, workers=True, verbose=False)
+    loaded = load_model(cfg, model)
+    policy = apply_freezing(loaded.model, loaded.adapter, train.freezing)
+    console.print(parameter_table(policy, loaded.adapter, train.freezing))
+    data = PreferenceDataModule(pairs, ChatEncoder(loaded, train.max_length), train)
+    total = total_optimizer_steps(train, len(data.train_dataloader()))
+    module = DPOModule(policy.train(), train, make_reference(cfg, model, policy), total)
+    before = _pair_report(module, data)
+    trainer = build_trainer(train, cfg, out, total, "dpo")
+    resume = out / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None)
+    if trainer.is_global_zero:
+        after = _pair_report(module, data)
+        export_model(module.model, loaded.processor, out / "model", train.freezing.merge_lora_on_export)
+        metrics = {"before": before, "after": after, "train_loss": module.history["train_loss"],
+                   "steps": module.global_step, "reference": str(ReferenceMode(train.reference).value)}
+        atomic.write_json(out / "metrics.json", metrics)
+        save_config(cfg, out)
+        console.print(f"[green]DPO[/] reward accuracy on train pairs {before['train']['reward_accuracy']:.2f} -> "
+                      f"{after['train']['reward_accuracy']:.2f}; model -> {out / 'model'}")
+    return out / "model"
