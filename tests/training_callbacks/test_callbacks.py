@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -37,13 +38,26 @@ def _chunks(data: bytes):
             pending = b""
 
 
-def read_run(folder: Path) -> dict:
-    """Tags, config and history rows of an offline run, from its ``run-*.wandb`` file."""
+def read_run(folder: Path, timeout_s: float = 30.0) -> dict:
+    """Tags, config and history rows of an offline run, from its ``run-*.wandb`` file.
+
+    W&B's service may still be writing when ``wandb.finish`` returns, so wait for the exit record.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = _parse(folder)
+        if run["exited"] or time.monotonic() > deadline:
+            assert run["exited"], f"no exit record in {folder} after {timeout_s} s"
+            return run
+        time.sleep(0.2)
+
+
+def _parse(folder: Path) -> dict:
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = folder.glob("run-*.wandb")
     assert path.read_bytes()[:4] == b":W&B"
-    out: dict = {"tags": set(), "config": {}, "history": []}
+    out: dict = {"tags": set(), "config": {}, "history": [], "exited": False}
     for raw in _chunks(path.read_bytes()):
         record = pb.Record()
         record.ParseFromString(raw)
@@ -54,6 +68,8 @@ def read_run(folder: Path) -> dict:
             out["config"].update({u.key: json.loads(u.value_json) for u in record.config.update})
         elif kind == "history":
             out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "exit":
+            out["exited"] = True
     return out
 
 
