@@ -126,7 +126,19 @@ def _merge(base: DictConfig, node: dict[str, Any], source: str) -> DictConfig:
         raise _explain(e, source) from None
 
 
-def _compose_file(path: Path, configs: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+def _select_group(cfg: DictConfig, configs: Path, group: str, choice: str, source: str) -> DictConfig:
+    """Reset a section to its schema defaults, then merge the chosen group file onto it."""
+    node = _group_node(configs, group, choice, source)
+    fresh = OmegaConf.structured(ExperimentConfig)
+    cfg = _merge(cfg, {"defaults": {group: choice}}, source)
+    cfg[group] = fresh[group]
+    return _merge(cfg, node, f"{source} (group {group}={choice})")
+
+
+def _compose_file(
+    path: Path, configs: Path, choices: dict[str, str], seen: tuple[Path, ...] = ()
+) -> DictConfig:
+    """Compose one experiment file; ``choices`` replace the group names its ``defaults`` give."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"experiment '{path}' builds on itself through 'base'. Remove the cycle.")
@@ -136,15 +148,14 @@ def _compose_file(path: Path, configs: Path, seen: tuple[Path, ...] = ()) -> Dic
         base_path = path.parent / f"{base_name}.yaml"
         if not base_path.is_file():
             base_path = configs.parent / "experiments" / f"{base_name}.yaml"
-        cfg = _compose_file(base_path, configs, seen + (path,))
+        cfg = _compose_file(base_path, configs, choices, seen + (path,))
     else:
         cfg = OmegaConf.structured(ExperimentConfig)
     defaults = body.pop("defaults", {}) or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{path}: 'defaults' must map groups to names, e.g. 'model: tiny'.")
     for group, choice in defaults.items():
-        cfg = _merge(cfg, _group_node(configs, group, str(choice), str(path)), f"{path} (group {group}={choice})")
-    cfg = _merge(cfg, {"defaults": {**OmegaConf.to_container(cfg.defaults), **defaults}}, str(path))
+        cfg = _select_group(cfg, configs, group, str(choices.get(group, choice)), str(path))
     return _merge(cfg, body, str(path))
 
 
@@ -171,15 +182,21 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
 
 
 def load_config(experiment: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Compose an experiment file (default: ``experiments/demo.yaml``) with overrides and validate it."""
+    """Compose an experiment file (default: ``experiments/demo.yaml``) with overrides and validate it.
+
+    A group override (``model=qwen2_5_vl_7b``) replaces that group wherever the experiment or
+    its bases select it, so the section comes from the new group file alone.
+    """
     path = Path(experiment) if experiment else DEFAULT_EXPERIMENT
     configs = configs_dir(path)
-    cfg = _compose_file(path, configs)
-    for key, value in parse_overrides(overrides or []):
-        source = f"override '{key}={value}'"
-        if key in GROUP_FOLDERS and isinstance(value, str):
-            cfg = _merge(cfg, _group_node(configs, key, value, source), source)
-            cfg = _merge(cfg, {"defaults": {key: value}}, source)
+    pairs = parse_overrides(overrides or [])
+    choices = {k: v for k, v in pairs if k in GROUP_FOLDERS and isinstance(v, str)}
+    cfg = _compose_file(path, configs, choices)
+    for group, choice in choices.items():
+        if cfg.defaults.get(group) != choice:  # a group the experiment never selected
+            cfg = _select_group(cfg, configs, group, choice, f"override '{group}={choice}'")
+    for key, value in pairs:
+        if key in choices:
             continue
         node: dict[str, Any] = {}
         cursor = node
@@ -187,7 +204,7 @@ def load_config(experiment: str | Path | None = None, overrides: list[str] | Non
         for part in parents:
             cursor = cursor.setdefault(part, {})
         cursor[leaf] = value
-        cfg = _merge(cfg, node, source)
+        cfg = _merge(cfg, node, f"override '{key}={value}'")
     try:
         typed: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as e:

@@ -86,3 +86,21 @@ def test_parse_overrides_types_values():
     assert parse_overrides(["a.b=1", "--c=x", "--d", "[1, 2]"]) == [("a.b", 1), ("c", "x"), ("d", [1, 2])]
     with pytest.raises(ConfigError, match="no value"):
         parse_overrides(["dangling"])
+
+
+def test_group_override_replaces_the_whole_section():
+    tiny = load_config()
+    other = load_config(None, ["model=qwen2_5_vl_7b"])
+    assert other.model.name != tiny.model.name
+    assert other.model.architecture["text_config"]["hidden_size"] == 3584
+    assert "rope_scaling" in tiny.model.architecture["text_config"]
+    qwen3 = load_config(None, ["model=tiny_qwen3_vl"]).model.architecture["text_config"]
+    assert "rope_scaling" not in qwen3 and "rope_parameters" in qwen3
+
+
+def test_paper_experiment_validates():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "experiments" / "paper.yaml")
+    assert cfg.model.path == "Qwen/Qwen2.5-VL-7B-Instruct" or cfg.model.path.endswith("Qwen2.5-VL-7B-Instruct")
+    assert cfg.teacher.gemini.model == "gemini-2.5-flash"
+    assert cfg.sft.freezing.vision_encoder is ComponentMode.freeze and cfg.dpo.freezing.vision_encoder is ComponentMode.train
+    assert cfg.eval.bertscore.model == "roberta-large" and cfg.eval.bertscore.num_layers == 17
