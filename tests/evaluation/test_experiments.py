@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,17 @@ def test_the_ablations_the_issue_asks_for_exist():
     assert len(SWEEPS) >= 4
 
 
+@functools.cache
+def _base(name: str):
+    return load_config(REPO_ROOT / "experiments" / f"{name}.yaml")
+
+
 @pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.stem)
 def test_ablation_loads_and_differs_from_its_base(path: Path):
     cfg = load_config(path)
     body = yaml.safe_load(path.read_text())
     assert cfg.ablation == path.stem and cfg.base == body["base"]
-    base = load_config(REPO_ROOT / "experiments" / f"{cfg.base}.yaml")
+    base = _base(cfg.base)
     assert cfg != base and cfg.name != base.name
 
 
