@@ -14,13 +14,13 @@ from callbacks.ablation import AblationCallback
 from callbacks.judge_score import JudgeScoreCallback
 from callbacks.per_structure import PerStructureMetricsCallback
 from callbacks.sample_table import SampleTableCallback
-from callbacks.sampler import ValidationSampler
+from callbacks.sampler import SampledValidationCallback, ValidationSampler
 from cme_vlm.evaluation.judge import make_judge
 from cme_vlm.models.loading import LoadedModel
 from cme_vlm.schema import ExperimentConfig
 
 __all__ = ["AblationCallback", "JudgeScoreCallback", "PerStructureMetricsCallback", "SampleTableCallback",
-           "ValidationSampler", "build_callbacks", "validation_subset"]
+           "SampledValidationCallback", "ValidationSampler", "build_callbacks", "validation_subset"]
 
 
 def validation_subset(val: Dataset | None, size: int) -> list[dict[str, Any]]:

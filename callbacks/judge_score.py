@@ -6,15 +6,11 @@ from statistics import fmean
 
 from lightning import LightningModule, Trainer
 
-from callbacks.sampler import EveryNValidations, ValidationSampler
+from callbacks.sampler import SampledValidationCallback
 
 
-class JudgeScoreCallback(EveryNValidations):
+class JudgeScoreCallback(SampledValidationCallback):
     """Logs ``val/judge`` (composite), its clinical and conciseness parts, identification and laterality errors."""
-
-    def __init__(self, sampler: ValidationSampler, every_n_val: int = 1):
-        super().__init__(every_n_val)
-        self.sampler = sampler
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.due(trainer):

@@ -7,15 +7,11 @@ from statistics import fmean
 
 from lightning import LightningModule, Trainer
 
-from callbacks.sampler import EveryNValidations, Sample, ValidationSampler
+from callbacks.sampler import Sample, SampledValidationCallback
 
 
-class PerStructureMetricsCallback(EveryNValidations):
+class PerStructureMetricsCallback(SampledValidationCallback):
     """Logs ``val_structure/<structure>/{judge,identification,bleu4}`` every N validation epochs."""
-
-    def __init__(self, sampler: ValidationSampler, every_n_val: int = 1):
-        super().__init__(every_n_val)
-        self.sampler = sampler
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.due(trainer):

@@ -5,17 +5,16 @@ from __future__ import annotations
 from lightning import LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
-from callbacks.sampler import EveryNValidations, ValidationSampler
+from callbacks.sampler import SampledValidationCallback, ValidationSampler
 
 COLUMNS = ["step", "structure", "side", "prompt", "reference", "answer", "judge", "identified"]
 
 
-class SampleTableCallback(EveryNValidations):
+class SampleTableCallback(SampledValidationCallback):
     """Logs ``val/samples`` every N validation epochs. ``allow_images`` adds the overlay (patient data!)."""
 
     def __init__(self, sampler: ValidationSampler, allow_images: bool = False, every_n_val: int = 1):
-        super().__init__(every_n_val)
-        self.sampler = sampler
+        super().__init__(sampler, every_n_val)
         self.allow_images = allow_images
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -64,10 +64,11 @@ class ValidationSampler:
         return samples
 
 
-class EveryNValidations(Callback):
-    """Base for callbacks that act on every N-th validation epoch (sanity checks do not count)."""
+class SampledValidationCallback(Callback):
+    """Base for callbacks that log the ``sampler``'s results on every N-th validation epoch (sanity checks do not count)."""
 
-    def __init__(self, every_n_val: int = 1):
+    def __init__(self, sampler: ValidationSampler | None, every_n_val: int = 1):
+        self.sampler = sampler
         self.every_n_val = max(1, every_n_val)
         self._validations = 0
 

@@ -125,8 +125,8 @@ def test_config_diff_lists_only_changed_keys(tiny_cfg):
 def test_every_n_validations_skips_sanity_checks_and_counts_from_the_first():
     from types import SimpleNamespace
 
-    from callbacks.sampler import EveryNValidations
+    from callbacks.sampler import SampledValidationCallback
 
-    every2 = EveryNValidations(2)
+    every2 = SampledValidationCallback(None, 2)
     sanity, real = SimpleNamespace(sanity_checking=True), SimpleNamespace(sanity_checking=False)
     assert [every2.due(t) for t in (sanity, real, real, real, real, real)] == [False, True, False, True, False, True]
