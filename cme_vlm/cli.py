@@ -163,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
         if positional_config:
             sub.add_argument("experiment", nargs="?", help="experiment YAML (default: experiments/demo.yaml)")
         sub.add_argument("--config", help="experiment YAML (default: experiments/demo.yaml)")
+        if all(p.name != "run_dir" for p in command.paths):
+            sub.add_argument("--run-dir", dest="run_dir", type=Path,
+                             help="run folder whose stage folders are the default paths (default: the latest run)")
         for p in command.paths:
             required = p.default_stage is None and p.name in {"model", "frame", "mask", "sheet"}
             sub.add_argument(f"--{p.name.replace('_', '-')}", dest=p.name, type=Path, required=required, help=p.help)

@@ -122,3 +122,15 @@ def _answered_records(n_test: int = 4, size: int = 112, n_val: int = 0):
 def answered_records():
     """A builder of small answered instruction datasets: ``answered_records(n_test=4, size=112, n_val=0)``."""
     return _answered_records
+
+
+@pytest.fixture(scope="session")
+def answered_dataset(built_dataset: Path) -> Path:
+    """``built_dataset`` answered by the offline teacher: the ``02-teacher`` stage folder (read-only)."""
+    from cme_vlm.config import load_config
+    from cme_vlm.teacher.stage import answer
+
+    out = built_dataset.parent / "02-teacher"
+    if not (out / "dataset").is_dir():
+        answer(load_config(), built_dataset / "dataset", out)
+    return out
