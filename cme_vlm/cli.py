@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -186,6 +187,9 @@ def _resolve_paths(command: Command, args: argparse.Namespace, cfg: Any) -> dict
             value = layout.root
         if value is None and p.default_stage:
             value = getattr(layout, p.default_stage) / p.sub if p.sub else getattr(layout, p.default_stage)
+            if p.name == "out" and os.environ.get("WANDB_SWEEP_ID"):
+                # each run of a W&B sweep agent gets its own output folder beside the stage's
+                value = value / "sweeps" / os.environ.get("WANDB_RUN_ID", "run")
         paths[p.name] = value
     return paths
 

@@ -1,0 +1,35 @@
+"""The command line: default paths from the run layout, sweep-run folders, error exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cme_vlm.cli import COMMANDS, _parser, _resolve_paths, main
+from cme_vlm.config import load_config
+
+
+def _paths(argv: list[str]) -> dict[str, Path | None]:
+    args, _ = _parser().parse_known_args(argv)
+    return _resolve_paths(COMMANDS[args.command], args, load_config())
+
+
+def test_stage_paths_default_to_the_run_layout(tmp_path: Path):
+    paths = _paths(["train", "sft", "--run-dir", str(tmp_path)])
+    assert paths == {"dataset": tmp_path / "02-teacher" / "dataset", "out": tmp_path / "03-sft"}
+    paths = _paths(["preference", "build", "--run-dir", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert paths["model"] == tmp_path / "03-sft" / "model" and paths["out"] == tmp_path / "x"
+
+
+def test_sweep_runs_get_their_own_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sw1")
+    monkeypatch.setenv("WANDB_RUN_ID", "abc")
+    assert _paths(["train", "sft", "--run-dir", str(tmp_path)])["out"] == tmp_path / "03-sft" / "sweeps" / "abc"
+
+
+def test_user_error_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    assert main(["data", "build", "--run-dir", str(tmp_path), "data.overlay.alpah=0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "data.overlay.alpah" in err and "Traceback" not in err
+    assert not (tmp_path / "01-data").exists()
