@@ -42,3 +42,33 @@ def test_gemini_pair_request_is_text_only_and_passes_the_guard(cfg) -> None:
     PrivacyGuard().check(request)
     with pytest.raises(ConfigError, match="preference.judge=rubric"):
         make_pair_judge(replace(cfg, preference=replace(cfg.preference, judge=JudgeBackend.gemini)))
+
+
+def test_gemini_pair_judge_through_the_fake_endpoint(cfg, tmp_path, monkeypatch) -> None:
+    import json
+    import re
+
+    from cme_vlm.preference.selection import select_pair
+    from cme_vlm.teacher.gemini import GeminiClient
+    from tests.fake_gemini import FakeGemini
+
+    def by_content(body: dict) -> dict:
+        text = json.dumps(body)
+        options = re.findall(r"\[(\d)\] ([^\[\\]+)", text)
+        good = next(int(i) for i, t in options if "inferior mesenteric vein" in t)
+        bad = next(int(i) for i, t in options if "mesentery" in t.lower() and "vein" not in t)
+        return {"accepted": good, "rejected": bad, "reason": "names the right vessel"}
+
+    monkeypatch.setenv("CME_TEST_KEY", "test-key-not-a-secret-1234567890")
+    g = replace(cfg.teacher.gemini, api_key_env="CME_TEST_KEY", timeout_s=2.0, requests_per_minute=0)
+    pref = replace(cfg.preference, two_pass=True)
+    with FakeGemini(answer=by_content) as fake:
+        client = GeminiClient(replace(g, base_url=fake.url), tmp_path / "journal.jsonl", tmp_path / "audit.jsonl")
+        judge = GeminiPairJudge(client, g.model).for_record(RecordContext("r1", "P07", "frame_0012.png"))
+        sel = select_pair(judge, CTX, ["This is the mesentery.", "A vessel."], pref, "r1")
+        assert sel.ok and sel.accepted == GT and sel.rejected == "This is the mesentery."
+        assert len(fake.calls) == 2  # two orders, one request each
+        select_pair(judge, CTX, ["This is the mesentery.", "A vessel."], pref, "r1")
+        assert len(fake.calls) == 2  # the journal answers repeats; nothing is paid twice
+    audit = (tmp_path / "audit.jsonl").read_text()
+    assert "pair_selection" in audit and "P07" not in audit and "frame_0012" not in audit
