@@ -159,6 +159,20 @@ def _compose_file(
     return _merge(cfg, body, str(path))
 
 
+def _parse_value(raw: str) -> Any:
+    """A YAML scalar or collection; YAML 1.1 leaves ``1e-06`` (how wandb writes small floats) a string."""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
     """``a.b=1`` / ``--a.b=1`` / ``--a.b 1`` -> [(key, value)] with YAML-typed values."""
     pairs: list[tuple[str, Any]] = []
@@ -172,11 +186,7 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
             i += 1
         else:
             raise ConfigError(f"override '{args[i]}' has no value. Write it as key=value, e.g. sft.lr=1e-5.")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        pairs.append((key.strip(), value))
+        pairs.append((key.strip(), _parse_value(raw)))
         i += 1
     return pairs
 

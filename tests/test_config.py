@@ -84,6 +84,7 @@ def test_saved_config_round_trips(tmp_path: Path):
 
 def test_parse_overrides_types_values():
     assert parse_overrides(["a.b=1", "--c=x", "--d", "[1, 2]"]) == [("a.b", 1), ("c", "x"), ("d", [1, 2])]
+    assert parse_overrides(["--sft.lr=1e-06"]) == [("sft.lr", 1e-06)]
     with pytest.raises(ConfigError, match="no value"):
         parse_overrides(["dangling"])
 

@@ -6,6 +6,7 @@ memory and no download; it serves the dry-run plan and the benchmark's FLOP esti
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ class ArchitectureSummary:
 def architecture_summary(cfg: ExperimentConfig) -> ArchitectureSummary:
     """Count the parameters of ``cfg.model.architecture`` per component, on the meta device."""
     adapter = adapter_for(cfg.model.family)
-    config = adapter.config_class(**cfg.model.architecture)
+    config = adapter.config_class(**copy.deepcopy(cfg.model.architecture))  # transformers edits nested dicts
     with torch.device("meta"):
         model = adapter.model_class(config)
     params: Counter[str] = Counter()

@@ -6,6 +6,7 @@ the offline tokenizer, so the "base" model of a run is reproducible without any 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -73,7 +74,8 @@ def _with_token_ids(architecture: dict[str, Any], tokenizer: Any) -> dict[str, A
     """The architecture with vocabulary size and special-token ids taken from the tokenizer."""
     ids = {name: tokenizer.convert_tokens_to_ids(f"<|{name}|>") for name in
            ("endoftext", "im_end", "image_pad", "video_pad", "vision_start", "vision_end")}
-    text = dict(architecture.get("text_config", {}))
+    architecture = copy.deepcopy(architecture)  # transformers fills nested dicts in place; keep cfg intact
+    text = architecture.get("text_config", {})
     text["vocab_size"] = max(text.get("vocab_size", 0), len(tokenizer))
     text.update(bos_token_id=ids["endoftext"], eos_token_id=ids["im_end"], pad_token_id=ids["endoftext"])
     return {

@@ -12,9 +12,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from rich.console import Console
 
+from callbacks import build_callbacks
 from cme_vlm import atomic
 from cme_vlm.config import save_config, to_dict
 from cme_vlm.data.collate import ChatEncoder
@@ -22,7 +24,7 @@ from cme_vlm.data.datamodules import SFTDataModule
 from cme_vlm.data.records import load_dataset
 from cme_vlm.models.export import export_model
 from cme_vlm.models.freezing import apply_freezing, parameter_table
-from cme_vlm.models.loading import load_model
+from cme_vlm.models.loading import LoadedModel, load_model
 from cme_vlm.schema import ExperimentConfig, TrainConfig, WandbConfig
 from cme_vlm.training.sft_module import SFTModule
 
@@ -49,7 +51,9 @@ def wandb_logger(wandb: WandbConfig, cfg: ExperimentConfig, out: Path, job: str)
     )
 
 
-def build_trainer(train: TrainConfig, cfg: ExperimentConfig, out: Path, total_steps: int, job: str) -> L.Trainer:
+def build_trainer(
+    train: TrainConfig, cfg: ExperimentConfig, out: Path, total_steps: int, job: str, callbacks: list[Callback] = ()
+) -> L.Trainer:
     """A Lightning trainer from ``TrainConfig``: devices, strategy, precision, checkpoints, logging."""
     checkpoints = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="{step}", save_last=True, save_top_k=-1,
@@ -59,7 +63,7 @@ def build_trainer(train: TrainConfig, cfg: ExperimentConfig, out: Path, total_st
         accelerator=train.accelerator, devices=train.devices, strategy=train.strategy, num_nodes=train.num_nodes,
         precision=precision(train), max_epochs=train.epochs, max_steps=total_steps,
         val_check_interval=train.val_every_n_steps or None, log_every_n_steps=train.log_every_n_steps,
-        callbacks=[checkpoints, RichProgressBar()], logger=wandb_logger(cfg.wandb, cfg, out, job),
+        callbacks=[checkpoints, RichProgressBar(), *callbacks], logger=wandb_logger(cfg.wandb, cfg, out, job),
         default_root_dir=str(out), num_sanity_val_steps=0, enable_model_summary=False,
     )
 
@@ -78,11 +82,13 @@ def train_sft(cfg: ExperimentConfig, dataset: Path, out: Path) -> Path:
     loaded = load_model(cfg)
     model = apply_freezing(loaded.model, loaded.adapter, train.freezing)
     console.print(parameter_table(model, loaded.adapter, train.freezing))
-    data = SFTDataModule(load_dataset(dataset, "--dataset"), ChatEncoder(loaded, train.max_length), train)
+    records = load_dataset(dataset, "--dataset")
+    data = SFTDataModule(records, ChatEncoder(loaded, train.max_length), train)
     data.setup("fit")
     total = total_optimizer_steps(train, len(data.train_dataloader()))
     module = SFTModule(model.train(), loaded.adapter, train, total, str(out / "checkpoints"))
-    trainer = build_trainer(train, cfg, out, total, "sft")
+    logged = build_callbacks(cfg, LoadedModel(model, loaded.processor, loaded.adapter), records)
+    trainer = build_trainer(train, cfg, out, total, "sft", logged)
     resume = out / "checkpoints" / "last.ckpt"
     if not resume.is_file():
         trainer.validate(module, datamodule=data, verbose=False)

@@ -101,3 +101,17 @@ def test_other_families_build_and_split_into_components(tiny_cfg, name):
     with torch.no_grad():
         out = loaded.model(**_inputs(loaded))
     assert out.logits.shape[-1] == len(loaded.tokenizer)
+
+
+def test_loading_leaves_the_config_untouched():
+    import copy
+
+    from cme_vlm.config import load_config
+    from cme_vlm.models.architecture import architecture_summary
+    from cme_vlm.models.loading import load_model
+
+    cfg = load_config()
+    before = copy.deepcopy(cfg)
+    load_model(cfg)
+    architecture_summary(cfg)
+    assert cfg == before
