@@ -362,6 +362,23 @@ class WandbConfig:
     callbacks: list[str] = field(default_factory=lambda: ["judge", "per_structure", "ablation", "samples"])
 
 
+# --------------------------------------------------------------------------- benchmark
+@dataclass
+class BenchConfig:
+    """Synthetic shapes of ``cme-vlm bench`` (issue 8: one 448x448 image, 105 + 200 tokens, batch 4)."""
+
+    image_side: int = 448  # the processor fits it to model.max_pixels: 256 visual tokens on the 7B, 16 on tiny
+    prompt_tokens: int = 105  # the prompt's own text tokens, without chat template and image tokens
+    answer_tokens: int = 200  # answer text tokens; the end token comes on top
+    batch_size: int = 4  # SFT sequences, or DPO pairs, per step
+    warmup_steps: int = 2  # untimed steps before the timed ones (allocator, kernels, compilation)
+    generation_batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    max_new_tokens: int = 200  # every generation is forced to exactly this many new tokens
+    generation_steps: int = 3  # timed calls of generate per batch size (median)
+    peak_tflops: float = 790.0  # the MFU denominator: measured bf16 matmul rate of one H100 (issue 8)
+    seed: int = 0
+
+
 # --------------------------------------------------------------------------- root
 @dataclass
 class ExperimentConfig:
@@ -380,4 +397,5 @@ class ExperimentConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     defaults: dict[str, str] = field(default_factory=dict)  # the config groups this was composed from

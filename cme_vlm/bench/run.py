@@ -1,0 +1,128 @@
+"""``cme-vlm bench``: time the project's SFT step, DPO step and generation; print a table, write JSON.
+
+The configured model is built with random weights offline (``tiny`` on CPU by default; the
+7B architecture with ``model=qwen2_5_vl_7b model.path=""``), once per row so every row starts
+from fresh weights, optimizer state and peak-memory counter.
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from cme_vlm import atomic
+from cme_vlm.bench.rows import generation_row, training_row
+from cme_vlm.bench.timing import memory_kind
+from cme_vlm.config import save_config
+from cme_vlm.errors import ConfigError
+from cme_vlm.models.loading import LoadedModel, load_model
+from cme_vlm.schema import ExperimentConfig
+
+ROWS = ("sft", "dpo", "generate")
+console = Console()
+
+
+def bench_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load(cfg: ExperimentConfig, device: torch.device) -> LoadedModel:
+    """Random weights built directly on ``device`` (a 7B model initialises in seconds on a GPU)."""
+    with torch.device(device):
+        return load_model(cfg)
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _selected(only: str | None) -> list[str]:
+    chosen = [s.strip() for s in (only or ",".join(ROWS)).split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in ROWS]
+    if unknown or not chosen:
+        raise ConfigError(f"--only {only!r}: unknown rows {unknown}. Choose a comma-separated subset of {','.join(ROWS)}.")
+    return chosen
+
+
+def _check(cfg: ExperimentConfig, steps: int) -> None:
+    b = cfg.bench
+    problems = [f"{name}={value} must be at least {low}" for name, value, low in (
+        ("--steps", steps, 1), ("bench.batch_size", b.batch_size, 1), ("bench.prompt_tokens", b.prompt_tokens, 1),
+        ("bench.answer_tokens", b.answer_tokens, 1), ("bench.image_side", b.image_side, 28),
+        ("bench.warmup_steps", b.warmup_steps, 0), ("bench.max_new_tokens", b.max_new_tokens, 1),
+        ("bench.generation_steps", b.generation_steps, 1)) if value < low]
+    problems += [f"bench.generation_batch_sizes has {n}; each must be at least 1" for n in b.generation_batch_sizes if n < 1]
+    if problems:
+        raise ConfigError("invalid bench settings:\n  - " + "\n  - ".join(problems))
+
+
+def _rows(cfg: ExperimentConfig, rows: list[str], steps: int, device: torch.device) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    jobs: list[Callable[[LoadedModel], list[dict[str, Any]]]] = []
+    for stage in (r for r in rows if r in ("sft", "dpo")):
+        jobs.append(lambda loaded, stage=stage: [training_row(stage, cfg, loaded, steps, device)])
+    if "generate" in rows:
+        sampling = cfg.preference.sampling[0]  # the candidates' first setting, as in preference sampling
+        jobs.append(lambda loaded: [
+            *(generation_row(cfg, loaded, n, sampling, device) for n in cfg.bench.generation_batch_sizes),
+            generation_row(cfg, loaded, 1, None, device),
+        ])
+    for job in jobs:
+        loaded = _load(cfg, device)
+        results += job(loaded)
+        del loaded
+        _free()
+    return results
+
+
+def _shape_text(r: dict[str, Any]) -> str:
+    s = r["shape"]
+    if "sequences" in s:
+        return f"{s['sequences']}x{s['sequence_length']} (img {s['image_tokens']}, ans {s['answer_tokens']})"
+    return f"{r['batch_size']}x(prompt {s['prompt_tokens']}, {s['new_tokens_per_sequence']} new)"
+
+
+def _table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"cme-vlm bench: {report['model']} on {report['device']} "
+                        f"(medians of {report['steps']}; MFU against {report['peak_tflops']:g} TFLOP/s)")
+    for column in ("row", "step s", "tokens/s", "TFLOP/s", "MFU", "peak GiB", "shape"):
+        table.add_column(column, justify="left" if column in ("row", "shape") else "right")
+    for r in report["rows"]:
+        if r["status"] != "ok":
+            table.add_row(r["row"], r["status"], "-", "-", "-", f"{r['peak_memory_gib']:.2f}", _shape_text(r))
+            continue
+        flops = r.get("flops_per_s")
+        table.add_row(
+            r["row"], f"{r['step_time_s']:.4f}", f"{r['tokens_per_s']:,.0f}", f"{flops / 1e12:.4f}" if flops else "-",
+            f"{100 * r['mfu']:.2g}%" if "mfu" in r else "-", f"{r['peak_memory_gib']:.2f}", _shape_text(r),
+        )
+    return table
+
+
+def run_bench(cfg: ExperimentConfig, out: Path | None = None, steps: int = 10, only: str | None = None) -> dict[str, Any]:
+    """Time the selected rows (``sft``, ``dpo``, ``generate``); write ``out/bench.json`` and the config."""
+    _check(cfg, steps)
+    rows = _selected(only)
+    device = bench_device()
+    report = {
+        "model": cfg.model.name, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": steps,
+        "warmup_steps": cfg.bench.warmup_steps, "peak_tflops": cfg.bench.peak_tflops,
+        "memory": memory_kind(device), "rows": _rows(cfg, rows, steps, device),
+    }
+    console.print(_table(report))
+    if out is not None:
+        out = Path(out)
+        atomic.write_json(out / "bench.json", report)
+        save_config(cfg, out)
+        console.print(f"bench -> {out / 'bench.json'}")
+    return report
