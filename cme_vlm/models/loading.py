@@ -136,7 +136,8 @@ def _load_weights(source: str, m: ModelConfig, adapter: ModelAdapter, key: str) 
 def _check_family(folder: Path, adapter: ModelAdapter, key: str) -> None:
     config = folder / "config.json"
     if not config.is_file():
-        raise ModelError(f"{key}: '{folder}' has no config.json, so it is not a Hugging Face model folder.")
+        raise ModelError(f"{key}: '{folder}' has no config.json, so it is not a Hugging Face model folder. "
+                         "Point it at a folder a stage exported (e.g. 03-sft/model) or a complete downloaded model.")
     model_type = json.loads(config.read_text()).get("model_type", "?")
     if model_type != adapter.model_type:
         found = adapter_for_model_type(model_type)

@@ -105,10 +105,10 @@ def _print(summary: dict) -> None:
 def answer(cfg: ExperimentConfig, dataset: Path, out: Path) -> Path:
     """Answer every record of ``dataset``; write ``out/dataset``, summary, journal, audit and config."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(dataset, "instruction dataset")
     anatomy = Anatomy(cfg.anatomy)
     backend = make_backend(cfg.teacher, anatomy, out)
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a bad one leaves nothing
     (out / "audit.jsonl").touch()  # present even when nothing was sent, so the audit can say so
     reviewed = _reviewed(ds, out)
     rows = [i for i, rid in enumerate(ds["id"]) if rid not in reviewed]
