@@ -28,6 +28,9 @@ from cme_vlm.training.sft_module import SFTModule
 from cme_vlm.training.sft_stage import precision
 
 
+WARMUP_NEW_TOKENS = 4  # a short untimed call loads kernels and allocator pools without decoding 200 tokens
+
+
 class RepeatedBatch(Dataset):
     """The same collated batch ``length`` times (a DataLoader with ``batch_size=None`` passes it whole)."""
 
@@ -96,16 +99,17 @@ def generation_row(cfg: ExperimentConfig, loaded: LoadedModel, batch_size: int, 
     b = cfg.bench
     images, prompts = generation_inputs(cfg, loaded, batch_size)
     config = loaded.model.generation_config
-    config.min_new_tokens = b.max_new_tokens  # no early end token: every row decodes the full length
+    config.min_new_tokens = b.max_new_tokens  # no early end token: every call decodes the full length
     name = f"generate bs={batch_size}" if sampling else f"explain bs={batch_size} (greedy)"
     row: dict[str, Any] = {
         "row": name, "batch_size": batch_size, "sampling": to_dict(sampling) if sampling else "greedy",
         "shape": {"image_side": b.image_side, "prompt_tokens": b.prompt_tokens, "new_tokens_per_sequence": b.max_new_tokens},
     }
-    reset_peak_memory(device)
     try:
+        generate(loaded, images, prompts, sampling, min(WARMUP_NEW_TOKENS, b.max_new_tokens), batch_size)
+        reset_peak_memory(device)
         times = time_calls(lambda: generate(loaded, images, prompts, sampling, b.max_new_tokens, batch_size),
-                           device, 1, b.generation_steps)
+                           device, 0, b.generation_steps)
     except torch.OutOfMemoryError:
         return {**row, "status": "out of memory", "peak_memory_gib": peak_memory_gib(device)}
     finally:
