@@ -99,14 +99,15 @@ def generation_row(cfg: ExperimentConfig, loaded: LoadedModel, batch_size: int, 
     b = cfg.bench
     images, prompts = generation_inputs(cfg, loaded, batch_size)
     config = loaded.model.generation_config
-    config.min_new_tokens = b.max_new_tokens  # no early end token: every call decodes the full length
     name = f"generate bs={batch_size}" if sampling else f"explain bs={batch_size} (greedy)"
     row: dict[str, Any] = {
         "row": name, "batch_size": batch_size, "sampling": to_dict(sampling) if sampling else "greedy",
         "shape": {"image_side": b.image_side, "prompt_tokens": b.prompt_tokens, "new_tokens_per_sequence": b.max_new_tokens},
     }
     try:
-        generate(loaded, images, prompts, sampling, min(WARMUP_NEW_TOKENS, b.max_new_tokens), batch_size)
+        config.min_new_tokens = min(WARMUP_NEW_TOKENS, b.max_new_tokens)  # no early end token in any call
+        generate(loaded, images, prompts, sampling, config.min_new_tokens, batch_size)
+        config.min_new_tokens = b.max_new_tokens
         reset_peak_memory(device)
         times = time_calls(lambda: generate(loaded, images, prompts, sampling, b.max_new_tokens, batch_size),
                            device, 0, b.generation_steps)
