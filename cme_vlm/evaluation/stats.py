@@ -28,13 +28,16 @@ class PairedTest:
     p_value: float
     median_diff: float
     n: int
+    mean_diff: float = float("nan")
 
     def verdict(self, alpha: float = 0.05) -> str:
         if not np.isfinite(self.p_value):
             return f"{self.a} vs {self.b} on {self.metric}: no difference to test (n={self.n})"
-        better = self.a if self.median_diff > 0 else self.b
+        lead = self.median_diff if self.median_diff != 0 else self.mean_diff  # a median of ties says nothing
+        better, worse = (self.a, self.b) if lead > 0 else (self.b, self.a)
         if self.p_value < alpha:
-            return f"{better} is significantly better on {self.metric} (p={self.p_value:.3g}, n={self.n})"
+            return (f"{better} is significantly better than {worse} on {self.metric} "
+                    f"(p={self.p_value:.3g}, n={self.n})")
         return f"{self.a} and {self.b} do not differ significantly on {self.metric} (p={self.p_value:.3g}, n={self.n})"
 
 
@@ -47,12 +50,13 @@ def wilcoxon(a_name: str, a: list[float], b_name: str, b: list[float], metric: s
     diff = x[keep] - y[keep]
     n = int(keep.sum())
     median = float(np.median(diff)) if n else float("nan")
+    mean = float(np.mean(diff)) if n else float("nan")
     if n == 0 or not np.any(diff):
-        return PairedTest(a_name, b_name, metric, float("nan"), float("nan"), median, n)
+        return PairedTest(a_name, b_name, metric, float("nan"), float("nan"), median, n, mean)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # scipy warns on small n; the n is reported
         result = stats.wilcoxon(x[keep], y[keep], zero_method="wilcox", alternative="two-sided")
-    return PairedTest(a_name, b_name, metric, float(result.statistic), float(result.pvalue), median, n)
+    return PairedTest(a_name, b_name, metric, float(result.statistic), float(result.pvalue), median, n, mean)
 
 
 def pairwise_tests(scores: dict[str, list[float]], metric: str) -> list[PairedTest]:

@@ -13,6 +13,7 @@ import lightning as L
 from rich.console import Console
 from torch import nn
 
+from callbacks import AblationCallback
 from cme_vlm import atomic
 from cme_vlm.config import save_config
 from cme_vlm.data.collate import ChatEncoder
@@ -60,7 +61,7 @@ def train_dpo(cfg: ExperimentConfig, dataset: Path, model: Path, out: Path) -> P
     total = total_optimizer_steps(train, len(data.train_dataloader()))
     module = DPOModule(policy.train(), train, make_reference(cfg, model, policy), total)
     before = _pair_report(module, data)
-    trainer = build_trainer(train, cfg, out, total, "dpo")
+    trainer = build_trainer(train, cfg, out, total, "dpo", [AblationCallback(cfg)] if "ablation" in cfg.wandb.callbacks else [])
     resume = out / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None)
     if trainer.is_global_zero:

@@ -43,7 +43,9 @@ def test_wilcoxon_matches_scipy_and_says_who_is_better():
     ref = scipy_stats.wilcoxon(sft, base)
     assert t.p_value == pytest.approx(ref.pvalue) and t.n == 8
     assert t.p_value < 0.05 and t.median_diff > 0
-    assert "sft is significantly better" in t.verdict()
+    assert "sft is significantly better than base" in t.verdict()
+    mostly_ties = wilcoxon("dpo", [2.0] * 10 + [1.0] * 8, "sft", [2.0] * 10 + [3.0] * 8, "bleu")
+    assert mostly_ties.median_diff == 0 and "sft is significantly better than dpo" in mostly_ties.verdict()
     same = wilcoxon("a", [1.0, 2.0], "b", [1.0, 2.0], "bleu")
     assert same.n == 2 and "no difference" in same.verdict()
     with pytest.raises(ValueError, match="same answers"):
