@@ -204,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args, rest = _parser().parse_known_args(argv)
     command = COMMANDS[args.command]
-    experiment = args.config or getattr(args, "experiment", None)
+    positional = getattr(args, "experiment", None)
+    if positional and "=" in positional:  # `cme-vlm run a.b=1`: an override, not an experiment file
+        rest.insert(0, positional)
+        positional = None
+    experiment = args.config or positional
     overrides = list(rest)
     if args.command == ("data", "synth") and args.n is not None:
         overrides.append(f"data.synthetic.n_frames={args.n}")

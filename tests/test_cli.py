@@ -33,3 +33,8 @@ def test_user_error_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], tm
     err = capsys.readouterr().err
     assert "error:" in err and "data.overlay.alpah" in err and "Traceback" not in err
     assert not (tmp_path / "01-data").exists()
+
+
+def test_run_takes_an_override_where_the_experiment_may_stand(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["run", "eval.max_cases=3", "--dry-run", "--run-dir", str(tmp_path / "r")]) == 0
+    assert "plan for 'demo'" in capsys.readouterr().out

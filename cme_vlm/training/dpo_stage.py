@@ -26,7 +26,7 @@ from cme_vlm.preference.records import check_preference_dataset
 from cme_vlm.preference.reference import AdapterDisabledReference, InMemoryReference, PrecomputedReference, Reference
 from cme_vlm.schema import ExperimentConfig, ReferenceMode
 from cme_vlm.training.dpo_module import DPOModule, pair_metrics
-from cme_vlm.training.sft_stage import build_trainer, total_optimizer_steps
+from cme_vlm.training.sft_stage import build_trainer, fit, total_optimizer_steps
 
 console = Console(stderr=True)
 
@@ -63,7 +63,7 @@ def train_dpo(cfg: ExperimentConfig, dataset: Path, model: Path, out: Path) -> P
     before = _pair_report(module, data)
     trainer = build_trainer(train, cfg, out, total, "dpo", [AblationCallback(cfg)] if "ablation" in cfg.wandb.callbacks else [])
     resume = out / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None)
+    fit(trainer, module, data, resume)
     if trainer.is_global_zero:
         after = _pair_report(module, data)
         export_model(module.model, loaded.processor, out / "model", train.freezing.merge_lora_on_export)

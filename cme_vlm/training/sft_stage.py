@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from lightning import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import WandbLogger
 from rich.console import Console
 
 from callbacks import build_callbacks
@@ -42,8 +43,6 @@ def wandb_logger(wandb: WandbConfig, cfg: ExperimentConfig, out: Path, job: str)
     """A W&B logger (offline unless configured); it never logs images unless allowed."""
     if wandb.mode == "disabled":
         return False
-    from lightning.pytorch.loggers import WandbLogger
-
     return WandbLogger(
         project=wandb.project, entity=wandb.entity or None, group=wandb.group or None, tags=wandb.tags,
         name=f"{cfg.name}-{job}", save_dir=str(out), mode=wandb.mode, job_type=job, config=to_dict(cfg),
@@ -66,6 +65,15 @@ def build_trainer(
         callbacks=[checkpoints, RichProgressBar(), *callbacks], logger=wandb_logger(cfg.wandb, cfg, out, job),
         default_root_dir=str(out), num_sanity_val_steps=0, enable_model_summary=False,
     )
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule, resume: Path) -> None:
+    """Fit, resuming from ``resume`` when it exists, and close the stage's W&B run so the next stage gets its own."""
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None)
+    finally:
+        if isinstance(trainer.logger, WandbLogger):
+            trainer.logger.experiment.finish()
 
 
 def total_optimizer_steps(train: TrainConfig, n_batches: int) -> int:
@@ -92,7 +100,7 @@ def train_sft(cfg: ExperimentConfig, dataset: Path, out: Path) -> Path:
     resume = out / "checkpoints" / "last.ckpt"
     if not resume.is_file():
         trainer.validate(module, datamodule=data, verbose=False)
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None)
+    fit(trainer, module, data, resume)
     trainer.save_checkpoint(resume)  # the final state, whatever step the periodic saves stopped at
     if trainer.is_global_zero:
         export_model(module.model, loaded.processor, out / "model", train.freezing.merge_lora_on_export)
