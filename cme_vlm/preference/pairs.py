@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from cme_vlm.data.collate import ChatEncoder
-from cme_vlm.training.logprobs import hf_model
-from cme_vlm.training.losses import next_token_targets, sequence_logprobs, token_logprobs
+from cme_vlm.training.logprobs import answer_logprobs, hf_model
+from cme_vlm.training.losses import sequence_logprobs
 
 
 @dataclass
@@ -78,16 +78,15 @@ def pair_logprobs(model: nn.Module, batch: dict[str, Tensor], share_image: bool 
     path must reproduce).
     """
     inner = hf_model(model)
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "labels")}
+    inputs["image_grid_thw"] = batch["image_grid_thw"].repeat(2, 1)
     if share_image:
         inputs["mm_encoder_outputs"] = _shared_features(inner, batch)
     else:
         inputs["pixel_values"] = batch["pixel_values"].repeat(2, 1)
-    grid = batch["image_grid_thw"].repeat(2, 1)
-    hidden = inner.model(**inputs, image_grid_thw=grid, use_cache=False).last_hidden_state  # [2B, T, H]
-    positions, targets = next_token_targets(batch["labels"])
-    head = inner.lm_head.weight
-    logp = sequence_logprobs(token_logprobs(hidden[positions].to(head.dtype), head, targets), positions)
+    answer = answer_logprobs(model, inputs)
+    positions = answer.positions
+    logp = sequence_logprobs(answer.token_logp, positions)
     tokens = positions.sum(-1)
     half = batch["image_grid_thw"].shape[0]
     return PairLogps(logp[:half], logp[half:], tokens[:half], tokens[half:])

@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from cme_vlm.training.losses import next_token_targets, token_logprobs
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+# mm_encoder_outputs: image features computed once and shared by several sequences (DPO pairs)
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids", "mm_encoder_outputs")
 
 
 @dataclass
