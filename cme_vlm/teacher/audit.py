@@ -96,7 +96,7 @@ def audit_run(cfg: ExperimentConfig, run_dir: Path) -> dict:
     contexts, digests = _records(run_dir)
     anyid = _any_identifier(contexts)
     verdicts = []
-    for path in sorted(run_dir.rglob("audit.jsonl")):
+    for path in sorted(run_dir.rglob("*audit.jsonl")):  # the teacher's, the pair judge's and the eval judge's
         verdict = FileVerdict(str(path.relative_to(run_dir)))
         for line in atomic.read_jsonl(path):
             verdict.lines += 1
