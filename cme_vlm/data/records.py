@@ -31,6 +31,10 @@ from cme_vlm.errors import DataError
 
 DATASET_DIRNAME = "dataset"
 
+# A stage reads earlier stages' datasets and must not write into them: transforms (filter, sort)
+# keep their cache files in a temporary folder instead of beside the loaded dataset.
+datasets.disable_caching()
+
 RECORD_FEATURES = Features(
     {
         "id": Value("string"),

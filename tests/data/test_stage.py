@@ -157,3 +157,13 @@ def test_cli_synth_then_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     next((tmp_path / "frames" / "frames").rglob("*.png")).unlink()
     assert main(["data", "build", "--frames", "frames", "--out", "data2"]) == 2
     assert not (tmp_path / "data2").exists()
+
+
+def test_reading_a_dataset_never_writes_into_its_folder(built_dataset: Path):
+    from cme_vlm.data.records import DATASET_DIRNAME, load_dataset
+
+    folder = built_dataset / DATASET_DIRNAME
+    before = sorted(p.name for p in folder.iterdir())
+    ds = load_dataset(built_dataset)
+    ds.filter(lambda split: split == "test", input_columns=["split"]).sort("id")
+    assert sorted(p.name for p in folder.iterdir()) == before
