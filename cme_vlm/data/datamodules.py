@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset
-from lightning import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from cme_vlm.data.collate import ChatEncoder, SFTCollator
 from cme_vlm.data.records import TRAINABLE_PROVENANCES
+from cme_vlm.data.sampling import EpochSampler, ResumableDataModule
 from cme_vlm.errors import DataError
 from cme_vlm.schema import AugmentConfig, TrainConfig
 
@@ -44,26 +44,32 @@ def answered(ds: Dataset) -> Dataset:
 
 
 class RecordDataset(torch.utils.data.Dataset):
-    """Records as dicts with a PIL overlay, optionally augmented together with their mask."""
+    """Records as dicts with a PIL overlay, optionally augmented together with their mask.
 
-    def __init__(self, ds: Dataset, augment: A.Compose | None = None):
+    Keyed by ``(epoch, index)`` (``EpochSampler(with_epoch=True)``), an item's augmentation is
+    drawn from ``(seed, epoch, index)``: the same in a resumed run, in any worker, in any order.
+    """
+
+    def __init__(self, ds: Dataset, augment: A.Compose | None = None, seed: int = 0):
         self.ds = ds.select_columns(COLUMNS)
-        self.augment = augment
+        self.augment, self.seed = augment, seed
 
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
         row = self.ds[i]
         overlay = row["overlay"].convert("RGB")
         if self.augment is not None:
+            self.augment.set_random_seed(int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0]))
             out = self.augment(image=np.asarray(overlay), mask=np.asarray(row["mask"].convert("L")))
             overlay = Image.fromarray(out["image"])
             row["mask"] = Image.fromarray(out["mask"])
         return {**row, "overlay": overlay}
 
 
-class SFTDataModule(LightningDataModule):
+class SFTDataModule(ResumableDataModule):
     """Train/val/test splits of the answered dataset (from its ``split`` column, by procedure)."""
 
     def __init__(self, ds: Dataset, encoder: ChatEncoder, train: TrainConfig):
@@ -78,26 +84,26 @@ class SFTDataModule(LightningDataModule):
         for split in ("train", "val", "test"):
             part = self.ds.filter(lambda s: s == split, input_columns=["split"])
             augment = augmentation(self.train_cfg.augment, self.train_cfg.seed) if split == "train" and self.train_cfg.augment.enabled else None
-            self.splits[split] = RecordDataset(part, augment)
+            self.splits[split] = RecordDataset(part, augment, self.train_cfg.seed)
         if not len(self.splits["train"]):
             raise DataError(
                 "the dataset has no answered training records (provenance teacher/expert_approved/expert_edited "
                 "with a non-empty answer, split=train). Run the teacher stage first."
             )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, sampler: EpochSampler | None = None) -> DataLoader:
         return DataLoader(
-            self.splits[split], batch_size=self.train_cfg.batch_size, shuffle=shuffle, collate_fn=self.collate,
+            self.splits[split], batch_size=self.train_cfg.batch_size, sampler=sampler, collate_fn=self.collate,
             num_workers=self.train_cfg.num_workers, pin_memory=self.train_cfg.pin_memory,
-            generator=torch.Generator().manual_seed(self.train_cfg.seed) if shuffle else None,
             persistent_workers=self.train_cfg.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        train = self.splits["train"]
+        return self._loader("train", self.train_sampler(train, self.train_cfg.seed, self.train_cfg.batch_size, True))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import lightning as L
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from cme_vlm.data.collate import ChatEncoder
+from cme_vlm.data.sampling import EpochSampler, ResumableDataModule
 from cme_vlm.errors import DataError
 from cme_vlm.preference.pairs import PairCollator
 from cme_vlm.preference.records import TRAINABLE_PAIR_PROVENANCES
 from cme_vlm.schema import DPOConfig
 
 
-class PreferenceDataModule(L.LightningDataModule):
+class PreferenceDataModule(ResumableDataModule):
     """Pairs whose ``split`` column is train (shuffled) or val, those an expert rejected left out."""
 
     def __init__(self, pairs: Dataset, encoder: ChatEncoder, cfg: DPOConfig) -> None:
@@ -31,18 +31,18 @@ class PreferenceDataModule(L.LightningDataModule):
                 "Build more pairs (`cme-vlm preference build`) or check the expert review verdicts."
             )
 
-    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, ds: Dataset, sampler: EpochSampler | None = None) -> DataLoader:
         return DataLoader(
-            ds, batch_size=self.cfg.batch_size, shuffle=shuffle, collate_fn=self.collate,
+            ds, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=self.collate,
             num_workers=self.cfg.num_workers, pin_memory=self.cfg.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, self.train_sampler(self.train_set, self.cfg.seed, self.cfg.batch_size))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set)
 
     def train_eval_dataloader(self) -> DataLoader:
         """The training pairs in a fixed order, for reward accuracy on what was trained on."""
-        return self._loader(self.train_set, shuffle=False)
+        return self._loader(self.train_set)

@@ -37,7 +37,6 @@ class DPOModule(L.LightningModule):
         self.total_steps = total_steps
         # manual optimisation: the SFT stage's trainer leaves accumulation and clipping to the module
         self.automatic_optimization = False
-        self._micro = 0
         self.history: dict[str, list] = {"train_loss": []}
         if cfg.gradient_checkpointing:
             hf_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -83,8 +82,8 @@ class DPOModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss = self._step(batch, "train")
         self.manual_backward(loss / self.cfg.grad_accum)
-        self._micro += 1
-        if self._micro == self.cfg.grad_accum or batch_idx + 1 == self.trainer.num_training_batches:
+        # windows follow the batch's place in the epoch, so a run resumed at a step lines them up the same way
+        if (batch_idx + 1) % self.cfg.grad_accum == 0 or batch_idx + 1 == self.trainer.num_training_batches:
             self._optimizer_step(float(loss.detach()))
 
     def _optimizer_step(self, loss: float) -> None:
@@ -95,7 +94,6 @@ class DPOModule(L.LightningModule):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        self._micro = 0
         self.history["train_loss"].append([self.global_step, loss])
         self.log_dict({"train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0]}, rank_zero_only=True)
 

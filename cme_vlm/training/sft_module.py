@@ -32,7 +32,7 @@ class SFTModule(LightningModule):
         self.total_steps, self.checkpoint_dir, self.chunk_size = total_steps, checkpoint_dir, chunk_size
         self.automatic_optimization = False
         self.history: dict[str, list] = {"train_loss": [], "val_loss": []}
-        self._window = {"tokens": 0, "loss": 0.0, "micro": 0}
+        self._window = {"tokens": 0, "loss": 0.0}
         self._val = {"tokens": 0, "loss": 0.0}
         if train.gradient_checkpointing:
             hf_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -54,8 +54,8 @@ class SFTModule(LightningModule):
         w = self._window
         w["tokens"] += int(count_targets(batch["labels"]))
         w["loss"] += float(loss_sum.detach())
-        w["micro"] += 1
-        if w["micro"] == self.train_cfg.grad_accum or batch_idx + 1 == self.trainer.num_training_batches:
+        # windows follow the batch's place in the epoch, so a run resumed at a step lines them up the same way
+        if (batch_idx + 1) % self.train_cfg.grad_accum == 0 or batch_idx + 1 == self.trainer.num_training_batches:
             self._optimizer_step()
 
     def _optimizer_step(self) -> None:
@@ -75,7 +75,7 @@ class SFTModule(LightningModule):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        self._window = {"tokens": 0, "loss": 0.0, "micro": 0}
+        self._window = {"tokens": 0, "loss": 0.0}
         self.history["train_loss"].append([self.global_step, loss])
         self.log_dict({"train/loss": loss, "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
                        "train/tokens": tokens}, prog_bar=True, rank_zero_only=True)

@@ -7,6 +7,7 @@ Writes ``out/checkpoints`` (Lightning; a re-run resumes from ``last.ckpt``), ``o
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,10 @@ def build_trainer(
 def fit(trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule, resume: Path) -> None:
     """Fit, resuming from ``resume`` when it exists, and close the stage's W&B run so the next stage gets its own."""
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None)
+        with warnings.catch_warnings():
+            # our data modules resume mid-epoch through their sampler (cme_vlm.data.sampling), not the DataLoader
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+            trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None)
     finally:
         if isinstance(trainer.logger, WandbLogger):
             trainer.logger.experiment.finish()

@@ -166,9 +166,6 @@ def test_pipeline_killed_in_sft_resumes_from_its_checkpoint_and_redoes_nothing(u
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a mid-epoch resume re-reads the epoch's shuffled DataLoader from its start "
-                   "(cme_vlm/data/datamodules.py SFTDataModule._loader + Lightning), so the resumed steps see other "
-                   "batches than an uninterrupted run; see the reliability report")
 def test_sft_resumed_mid_epoch_ends_with_the_uninterrupted_weights(uninterrupted, killed_in_sft):
     run = killed_in_sft[0]
     last = torch.load(run / "03-sft" / "checkpoints" / "last.ckpt", weights_only=False)

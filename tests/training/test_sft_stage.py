@@ -72,8 +72,19 @@ def test_export_reloads_with_transformers_and_gives_same_logits(tiny_cfg, answer
     assert not torch.equal(base.lm_head.weight, model.lm_head.weight)
 
 
+def _assert_close_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], dict):
+            _assert_close_tensors(a[k], b[k])
+        elif isinstance(a[k], torch.Tensor):
+            torch.testing.assert_close(a[k], b[k], msg=k)
+        else:
+            assert a[k] == b[k], k
+
+
 @pytest.mark.slow
-def test_resume_mid_epoch_keeps_optimizer_and_scheduler_state(tiny_cfg, answered, tmp_path):
+def test_resume_mid_epoch_ends_with_the_uninterrupted_weights_and_optimizer_state(tiny_cfg, answered, tmp_path):
     cfg = _cfg(tiny_cfg, max_steps=4)
     train_sft(cfg, answered, tmp_path / "a")  # 3 batches an epoch: step 2 is mid-epoch
     mid = torch.load(tmp_path / "a" / "checkpoints" / "step=2.ckpt", weights_only=False)
@@ -89,3 +100,7 @@ def test_resume_mid_epoch_keeps_optimizer_and_scheduler_state(tiny_cfg, answered
     assert all(float(state_b[k]["step"]) == float(state_a[k]["step"]) == 4 for k in state_a)
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert [s for s, _ in metrics["train_loss"]] == [3, 4]  # steps 3 and 4 only: nothing redone
+    assert metrics["train_loss"] == json.loads((tmp_path / "a" / "metrics.json").read_text())["train_loss"][2:]
+    _assert_close_tensors(b["state_dict"], a["state_dict"])
+    _assert_close_tensors(b["optimizer_states"][0], a["optimizer_states"][0])
+    assert b["lr_schedulers"][0] == a["lr_schedulers"][0]
