@@ -26,7 +26,7 @@ from cme_vlm.preference.records import check_preference_dataset
 from cme_vlm.preference.reference import AdapterDisabledReference, InMemoryReference, PrecomputedReference, Reference
 from cme_vlm.schema import ExperimentConfig, ReferenceMode
 from cme_vlm.training.dpo_module import DPOModule, pair_metrics
-from cme_vlm.training.sft_stage import build_trainer, fit, total_optimizer_steps
+from cme_vlm.training.sft_stage import build_trainer, fit, resume_checkpoint, total_optimizer_steps
 
 console = Console(stderr=True)
 
@@ -53,6 +53,7 @@ def train_dpo(cfg: ExperimentConfig, dataset: Path, model: Path, out: Path) -> P
     out, train = Path(out), cfg.dpo
     pairs = load_dataset(dataset, "preference dataset")
     check_preference_dataset(pairs, f"preference dataset '{dataset}'", train.reference == ReferenceMode.precomputed)
+    resume = resume_checkpoint(out)
     L.seed_everything(train.seed, workers=True, verbose=False)
     loaded = load_model(cfg, model)
     policy = apply_freezing(loaded.model, loaded.adapter, train.freezing)
@@ -62,7 +63,6 @@ def train_dpo(cfg: ExperimentConfig, dataset: Path, model: Path, out: Path) -> P
     module = DPOModule(policy.train(), train, make_reference(cfg, model, policy), total)
     before = _pair_report(module, data)
     trainer = build_trainer(train, cfg, out, total, "dpo", [AblationCallback(cfg)] if "ablation" in cfg.wandb.callbacks else [])
-    resume = out / "checkpoints" / "last.ckpt"
     fit(trainer, module, data, resume)
     if trainer.is_global_zero:
         after = _pair_report(module, data)

@@ -7,6 +7,7 @@ Writes ``out/checkpoints`` (Lightning; a re-run resumes from ``last.ckpt``), ``o
 from __future__ import annotations
 
 import math
+import zipfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from cme_vlm.config import save_config, to_dict
 from cme_vlm.data.collate import ChatEncoder
 from cme_vlm.data.datamodules import SFTDataModule
 from cme_vlm.data.records import load_dataset
+from cme_vlm.errors import TrainingError
 from cme_vlm.models.export import export_model
 from cme_vlm.models.freezing import apply_freezing, parameter_table
 from cme_vlm.models.loading import LoadedModel, load_model
@@ -68,13 +70,26 @@ def build_trainer(
     )
 
 
-def fit(trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule, resume: Path) -> None:
-    """Fit, resuming from ``resume`` when it exists, and close the stage's W&B run so the next stage gets its own."""
+def resume_checkpoint(out: Path) -> Path | None:
+    """``out/checkpoints/last.ckpt`` when a run left one; a damaged one is refused before training starts."""
+    path = out / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        return None
+    if not zipfile.is_zipfile(path):  # torch checkpoints are zip archives; a cut-off one lacks its directory
+        raise TrainingError(
+            f"checkpoint '{path}' is damaged (incomplete, perhaps cut off by a crash). Rename the newest "
+            f"'step=*.ckpt' beside it to last.ckpt to resume from there, or delete '{path.parent}' to start afresh."
+        )
+    return path
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule, resume: Path | None) -> None:
+    """Fit, resuming from ``resume`` if given, and close the stage's W&B run so the next stage gets its own."""
     try:
         with warnings.catch_warnings():
             # our data modules resume mid-epoch through their sampler (cme_vlm.data.sampling), not the DataLoader
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
-            trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None)
+            trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
     finally:
         if isinstance(trainer.logger, WandbLogger):
             trainer.logger.experiment.finish()
@@ -90,6 +105,7 @@ def train_sft(cfg: ExperimentConfig, dataset: Path, out: Path) -> Path:
     """Fine-tune ``cfg.model`` on the answered records in ``dataset``; return the exported model folder."""
     out = Path(out)
     train = cfg.sft
+    resume = resume_checkpoint(out)
     L.seed_everything(train.seed, workers=True, verbose=False)
     loaded = load_model(cfg)
     model = apply_freezing(loaded.model, loaded.adapter, train.freezing)
@@ -101,11 +117,10 @@ def train_sft(cfg: ExperimentConfig, dataset: Path, out: Path) -> Path:
     module = SFTModule(model.train(), loaded.adapter, train, total, str(out / "checkpoints"))
     logged = build_callbacks(cfg, LoadedModel(model, loaded.processor, loaded.adapter), records)
     trainer = build_trainer(train, cfg, out, total, "sft", logged)
-    resume = out / "checkpoints" / "last.ckpt"
-    if not resume.is_file():
+    if resume is None:
         trainer.validate(module, datamodule=data, verbose=False)
     fit(trainer, module, data, resume)
-    trainer.save_checkpoint(resume)  # the final state, whatever step the periodic saves stopped at
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # the final state, wherever periodic saves stopped
     if trainer.is_global_zero:
         export_model(module.model, loaded.processor, out / "model", train.freezing.merge_lora_on_export)
         _write_metrics(module, out)

@@ -327,12 +327,6 @@ def _(i):
     return ["explain", "--model", str(i.model), "--frame", str(i.tmp / "frame.png"), "--mask", str(i.tmp / "mask.png")]
 
 
-KNOWN_GAPS = {  # cases that fail today; see the reliability report
-    "checkpoint-truncated-last-ckpt": "cme_vlm/training/sft_stage.py:train_sft passes a damaged last.ckpt to "
-                                      "Lightning, whose raw error escapes the CLI",
-}
-
-
 @pytest.fixture(scope="module")
 def inputs_factory(built_dataset, answered_records, tiny_loaded, tmp_path_factory, data_trees):
     from cme_vlm.models.export import export_model
@@ -354,10 +348,7 @@ def inputs_factory(built_dataset, answered_records, tiny_loaded, tmp_path_factor
     return lambda tmp: Inputs(tmp, built_dataset, shared / "answered", Path(model), data_trees, pref_rows)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[n])) if n in KNOWN_GAPS else n
-    for n in CASES
-])
+@pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gets_one_clear_error_and_leaves_nothing(name, inputs_factory, tmp_path, capsys, monkeypatch):
     setup, names, fix = CASES[name]
     inputs = inputs_factory(tmp_path)
