@@ -50,7 +50,7 @@ def test_gemini_pair_judge_through_the_fake_endpoint(cfg, tmp_path, monkeypatch)
 
     from cme_vlm.preference.selection import select_pair
     from cme_vlm.teacher.gemini import GeminiClient
-    from tests.fake_gemini import FakeGemini
+    from fake_gemini import FakeGemini
 
     def by_content(body: dict) -> dict:
         text = json.dumps(body)
