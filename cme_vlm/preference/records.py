@@ -18,19 +18,16 @@ import math
 from typing import Any
 
 from datasets import Dataset, Features, Value
-from datasets import Image as ImageFeature
 
+from cme_vlm.data.records import RECORD_FEATURES
 from cme_vlm.errors import DataError
+
+# the instruction record's columns a pair carries along, typed as in the instruction dataset
+RECORD_COLUMNS = ("id", "structure", "side", "phase", "split", "prompt", "overlay")
 
 PREFERENCE_FEATURES = Features(
     {
-        "id": Value("string"),
-        "structure": Value("string"),
-        "side": Value("string"),
-        "phase": Value("string"),
-        "split": Value("string"),
-        "prompt": Value("string"),
-        "overlay": ImageFeature(),
+        **{name: RECORD_FEATURES[name] for name in RECORD_COLUMNS},
         "accepted": Value("string"),
         "rejected": Value("string"),
         "accepted_score": Value("float64"),
@@ -49,7 +46,7 @@ TRAINABLE_PAIR_PROVENANCES = ("judge", "expert_approved", "expert_swapped")
 
 def preference_row(record: dict[str, Any], accepted: str, rejected: str, **fields: Any) -> dict[str, Any]:
     """A preference row from an instruction record and its pair; other columns from ``fields``."""
-    row = {k: record[k] for k in ("id", "structure", "side", "phase", "split", "prompt", "overlay")}
+    row = {k: record[k] for k in RECORD_COLUMNS}
     row.update(
         accepted=accepted,
         rejected=rejected,
