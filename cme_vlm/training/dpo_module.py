@@ -8,10 +8,8 @@ or the LoRA policy with its adapters disabled (``cme_vlm.preference.reference``)
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 
@@ -20,26 +18,19 @@ from cme_vlm.preference.pairs import PairLogps, pair_logprobs
 from cme_vlm.preference.reference import InMemoryReference, Reference
 from cme_vlm.schema import DPOConfig, DPOLoss
 from cme_vlm.training.dpo_losses import DPOOutput, dpo_loss
-from cme_vlm.training.logprobs import hf_model
-from cme_vlm.training.optim import build_optimizer, warmup_cosine
+from cme_vlm.training.stepping import ManualStepModule
 
 
-class DPOModule(L.LightningModule):
+class DPOModule(ManualStepModule):
     """The policy, its reference and the DPO objective; logs rewards, margin, accuracy and log-probs."""
 
     def __init__(self, model: nn.Module, cfg: DPOConfig, reference: Reference, total_steps: int) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model, cfg, total_steps, "dpo")
         self.cfg = cfg
         self.reference = reference
         # registered so Lightning moves it with the policy; frozen, so the optimizer never sees it
         self.reference_model = reference.model if isinstance(reference, InMemoryReference) else None
-        self.total_steps = total_steps
-        # manual optimisation: the SFT stage's trainer leaves accumulation and clipping to the module
-        self.automatic_optimization = False
         self.history: dict[str, list] = {"train_loss": []}
-        if cfg.gradient_checkpointing:
-            hf_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def pair_output(self, batch: dict[str, Any]) -> tuple[DPOOutput, PairLogps]:
         """The loss and rewards of one pair batch, and the policy's log-probs."""
@@ -76,37 +67,17 @@ class DPOModule(L.LightningModule):
         self.log(f"{stage}/reward_acc", out.accuracy, batch_size=size, prog_bar=True, on_step=stage == "train")
         return out.loss
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss = self._step(batch, "train")
         self.manual_backward(loss / self.cfg.grad_accum)
-        # windows follow the batch's place in the epoch, so a run resumed at a step lines them up the same way
-        if (batch_idx + 1) % self.cfg.grad_accum == 0 or batch_idx + 1 == self.trainer.num_training_batches:
-            self._optimizer_step(float(loss.detach()))
-
-    def _optimizer_step(self, loss: float) -> None:
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        params = self.trainable_parameters()
-        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        self.history["train_loss"].append([self.global_step, loss])
-        self.log_dict({"train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0]}, rank_zero_only=True)
+        if self.closes_window(batch_idx):
+            grad_norm, lr = self.apply_update()
+            self.history["train_loss"].append([self.global_step, float(loss.detach())])
+            self.log_dict({"train/grad_norm": grad_norm, "train/lr": lr}, rank_zero_only=True)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self._step(batch, "val")
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        params = self.trainable_parameters()
-        if not params:
-            raise TrainingError("dpo.freezing leaves no trainable parameter; set a component to train or lora.")
-        optimizer = build_optimizer(params, self.cfg)
-        scheduler = warmup_cosine(optimizer, self.total_steps, self.cfg.warmup_ratio, self.cfg.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 @torch.no_grad()

@@ -7,43 +7,29 @@ losses, and at the optimizer step the gradients are divided by the window's toke
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
-from lightning import LightningModule
 from torch import nn
 
 from cme_vlm.errors import TrainingError
 from cme_vlm.models.adapters import ModelAdapter
 from cme_vlm.schema import TrainConfig
-from cme_vlm.training.logprobs import answer_logprobs, count_targets, hf_model
+from cme_vlm.training.logprobs import answer_logprobs, count_targets
 from cme_vlm.training.losses import sft_loss
-from cme_vlm.training.optim import build_optimizer, warmup_cosine
+from cme_vlm.training.stepping import ManualStepModule
 
 LAST_GOOD = "last-good.ckpt"
 
 
-class SFTModule(LightningModule):
+class SFTModule(ManualStepModule):
     def __init__(self, model: nn.Module, adapter: ModelAdapter, train: TrainConfig, total_steps: int,
                  checkpoint_dir: str = "", chunk_size: int = 1024):
-        super().__init__()
-        self.model, self.adapter, self.train_cfg = model, adapter, train
-        self.total_steps, self.checkpoint_dir, self.chunk_size = total_steps, checkpoint_dir, chunk_size
-        self.automatic_optimization = False
+        super().__init__(model, train, total_steps, "sft")
+        self.adapter, self.checkpoint_dir, self.chunk_size = adapter, checkpoint_dir, chunk_size
         self.history: dict[str, list] = {"train_loss": [], "val_loss": []}
         self._window = {"tokens": 0, "loss": 0.0}
         self._val = {"tokens": 0, "loss": 0.0}
-        if train.gradient_checkpointing:
-            hf_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.trainable_parameters(), self.train_cfg)
-        scheduler = warmup_cosine(optimizer, self.total_steps, self.train_cfg.warmup_ratio, self.train_cfg.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logp = answer_logprobs(self.model, batch, self.chunk_size).token_logp
@@ -54,31 +40,24 @@ class SFTModule(LightningModule):
         w = self._window
         w["tokens"] += int(count_targets(batch["labels"]))
         w["loss"] += float(loss_sum.detach())
-        # windows follow the batch's place in the epoch, so a run resumed at a step lines them up the same way
-        if (batch_idx + 1) % self.train_cfg.grad_accum == 0 or batch_idx + 1 == self.trainer.num_training_batches:
+        if self.closes_window(batch_idx):
             self._optimizer_step()
 
     def _optimizer_step(self) -> None:
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         totals = self.trainer.strategy.reduce(
             torch.tensor([self._window["tokens"], self._window["loss"]], dtype=torch.float64, device=self.device),
             reduce_op="sum",
         )
         tokens, loss = max(float(totals[0]), 1.0), float(totals[1]) / max(float(totals[0]), 1.0)
         scale = self.trainer.world_size / tokens  # DDP already averaged over devices
-        params = self.trainable_parameters()
-        for p in params:
+        for p in self.trainable_parameters():
             if p.grad is not None:
                 p.grad.mul_(scale)
-        clip = self.train_cfg.grad_clip if self.train_cfg.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        grad_norm, lr = self.apply_update()
         self._window = {"tokens": 0, "loss": 0.0}
         self.history["train_loss"].append([self.global_step, loss])
-        self.log_dict({"train/loss": loss, "train/grad_norm": float(grad_norm), "train/lr": scheduler.get_last_lr()[0],
-                       "train/tokens": tokens}, prog_bar=True, rank_zero_only=True)
+        self.log_dict({"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": lr, "train/tokens": tokens},
+                      prog_bar=True, rank_zero_only=True)
 
     def _stop(self, batch: dict[str, Any]) -> None:
         where = f"{self.checkpoint_dir}/{LAST_GOOD}" if self.checkpoint_dir else "(no checkpoint folder)"
