@@ -7,10 +7,8 @@ command reads or writes default to the run layout (``runs/<name>-<time>/NN-stage
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from cme_vlm.errors import CmeVlmError
+from cme_vlm.stages import stage_function
 
 console = Console(stderr=True)
 
@@ -194,11 +193,6 @@ def _resolve_paths(command: Command, args: argparse.Namespace, cfg: Any) -> dict
     return paths
 
 
-def _call(target: str) -> Callable[..., Any]:
-    module, function = target.split(":")
-    return getattr(importlib.import_module(module), function)
-
-
 def main(argv: list[str] | None = None) -> int:
     from cme_vlm.config import load_config
 
@@ -218,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(experiment, overrides)
         paths = _resolve_paths(command, args, cfg)
         flags = {k: getattr(args, k) for k in command.flags if k not in {"n", "fraction", "new"}}
-        _call(command.target)(cfg, **paths, **flags)
+        stage_function(command.target)(cfg, **paths, **flags)
     except CmeVlmError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2

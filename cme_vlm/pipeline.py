@@ -9,6 +9,7 @@ own journal or checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -25,6 +26,7 @@ from cme_vlm.config import fingerprint, save_config
 from cme_vlm.data.records import DATASET_DIRNAME
 from cme_vlm.layout import RunLayout
 from cme_vlm.schema import DataSource, ExperimentConfig
+from cme_vlm.stages import stage_function
 
 console = Console(stderr=True)
 
@@ -88,8 +90,6 @@ def fingerprints(cfg: ExperimentConfig) -> dict[str, str]:
 
 
 def read_status(folder: Path) -> dict[str, Any]:
-    import json
-
     path = folder / STATUS_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -111,13 +111,6 @@ def _clear_stale(folder: Path) -> None:
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-def _call(target: str) -> Callable[..., Any]:
-    import importlib
-
-    module, function = target.split(":")
-    return getattr(importlib.import_module(module), function)
-
-
 def _run_step(step: Step, cfg: ExperimentConfig, layout: RunLayout, fp: str) -> None:
     folder = layout.stage(step.name)
     state = stage_state(folder, fp)
@@ -133,7 +126,7 @@ def _run_step(step: Step, cfg: ExperimentConfig, layout: RunLayout, fp: str) -> 
     started = time.time()
     atomic.write_json(folder / STATUS_FILE, {"fingerprint": fp, "status": "running", "started_at": started})
     console.rule(f"[bold]{folder.name}[/]: {step.summary}")
-    _call(step.target)(cfg, **step.paths(layout, cfg))
+    stage_function(step.target)(cfg, **step.paths(layout, cfg))
     atomic.write_json(folder / STATUS_FILE, {"fingerprint": fp, "status": "done", "started_at": started,
                                              "seconds": round(time.time() - started, 1)})
 
@@ -141,20 +134,20 @@ def _run_step(step: Step, cfg: ExperimentConfig, layout: RunLayout, fp: str) -> 
 def run(cfg: ExperimentConfig, run_dir: Path, dry_run: bool = False) -> RunLayout:
     """Run (or, with ``dry_run``, plan) every stage of the experiment under ``run_dir``."""
     layout = RunLayout(Path(run_dir))
+    steps, fps = steps_for(cfg), fingerprints(cfg)
     if dry_run:
         from cme_vlm.planning import print_plan
 
-        print_plan(cfg, layout, steps_for(cfg), fingerprints(cfg))
+        print_plan(cfg, layout, steps, fps)
         return layout
     layout.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, layout.root)
     os.environ.setdefault("WANDB_DIR", str(layout.root))
     console.print(f"run folder: [bold]{layout.root}[/]")
     started = time.time()
-    fps = fingerprints(cfg)
-    for step in steps_for(cfg):
+    for step in steps:
         _run_step(step, cfg, layout, fps[step.name])
-    _print_summary(layout, steps_for(cfg), time.time() - started)
+    _print_summary(layout, steps, time.time() - started)
     return layout
 
 
