@@ -10,14 +10,14 @@ from typing import Any
 from datasets import Dataset
 from lightning import Callback
 
-from callbacks.ablation import AblationCallback
-from callbacks.judge_score import JudgeScoreCallback
-from callbacks.per_structure import PerStructureMetricsCallback
-from callbacks.sample_table import SampleTableCallback
-from callbacks.sampler import SampledValidationCallback, ValidationSampler
-from cme_vlm.evaluation.judge import make_judge
+from cme_vlm.callbacks.ablation import AblationCallback
+from cme_vlm.callbacks.judge_score import JudgeScoreCallback
+from cme_vlm.callbacks.per_structure import PerStructureMetricsCallback
+from cme_vlm.callbacks.sample_table import SampleTableCallback
+from cme_vlm.callbacks.sampler import SampledValidationCallback, ValidationSampler
 from cme_vlm.models.loading import LoadedModel
 from cme_vlm.schema import ExperimentConfig
+from cme_vlm.scoring.judge import make_judge
 
 __all__ = ["AblationCallback", "JudgeScoreCallback", "PerStructureMetricsCallback", "SampleTableCallback",
            "SampledValidationCallback", "ValidationSampler", "build_callbacks", "validation_subset"]
@@ -35,7 +35,7 @@ def validation_subset(val: Dataset | None, size: int) -> list[dict[str, Any]]:
 def build_callbacks(cfg: ExperimentConfig, loaded: LoadedModel, val: Dataset | None, judge: Any = None) -> list[Callback]:
     """The callbacks ``cfg.wandb.callbacks`` names; judge-based ones need answered validation records in ``val``.
 
-    ``val`` is the stage's dataset (its ``val`` split is used). ``judge`` defaults to ``cfg.eval.judge``
+    ``val`` is the answered instruction dataset (its ``val`` split is used). ``judge`` defaults to ``cfg.eval.judge``
     where that needs no client (the rubric judge); pass the Gemini judge in explicitly.
     """
     wanted = set(cfg.wandb.callbacks)

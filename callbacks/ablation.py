@@ -11,9 +11,11 @@ from typing import Any
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
-from cme_vlm.config import REPO_ROOT, load_config, to_dict
+from cme_vlm.config import load_config, to_dict
+from cme_vlm.config_files import SHIPPED
 from cme_vlm.errors import ConfigError
 from cme_vlm.schema import ExperimentConfig
+from cme_vlm.tracking import ablation_tags
 
 IGNORED = ("name", "ablation", "base", "defaults")  # differ by definition; not what the ablation varies
 
@@ -37,15 +39,10 @@ def config_diff(run: ExperimentConfig, base: ExperimentConfig) -> dict[str, dict
     }
 
 
-def ablation_tags(cfg: ExperimentConfig) -> list[str]:
-    tags = [f"ablation:{cfg.ablation}"] if cfg.ablation else []
-    return tags + ([f"base:{cfg.base}"] if cfg.base else [])
-
-
 class AblationCallback(Callback):
     """On fit start: adds ablation tags and logs ``ablation``, ``base`` and ``ablation_diff`` to the run config."""
 
-    def __init__(self, cfg: ExperimentConfig, experiments_dir: Path = REPO_ROOT / "experiments"):
+    def __init__(self, cfg: ExperimentConfig, experiments_dir: Path = SHIPPED / "experiments"):
         self.cfg = cfg
         self.experiments_dir = Path(experiments_dir)
 

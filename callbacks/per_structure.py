@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from statistics import fmean
-
 from lightning import LightningModule, Trainer
 
-from callbacks.sampler import Sample, SampledValidationCallback
+from cme_vlm.callbacks.sampler import SampledValidationCallback
 
 
 class PerStructureMetricsCallback(SampledValidationCallback):
-    """Logs ``val_structure/<structure>/{judge,identification,bleu4}`` every N validation epochs."""
+    """Logs ``val_structure/<structure>/{judge,identification,bleu4}`` every N validation epochs.
+
+    Means over the subset's cases of each structure, synced across processes.
+    """
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.due(trainer):
             return
-        groups: dict[str, list[Sample]] = defaultdict(list)
-        for s in self.sampler.samples(pl_module.model, trainer.global_step):
-            groups[s.structure].append(s)
-        metrics = {}
-        for structure, samples in groups.items():
+        samples = self.sampler.samples(pl_module.model, trainer.global_step)
+        means = {}
+        # every structure of the whole subset, so each process syncs the same keys whatever its share holds
+        for structure in dict.fromkeys(row["structure"] for row in self.sampler.subset):
+            mine = [s for s in samples if s.structure == structure]
             prefix = f"val_structure/{structure}"
-            metrics[f"{prefix}/judge"] = fmean(s.judge.composite for s in samples)
-            metrics[f"{prefix}/identification"] = fmean(float(s.identified) for s in samples)
-            metrics[f"{prefix}/bleu4"] = fmean(s.bleu4 for s in samples)
-        pl_module.log_dict(metrics, on_epoch=True, rank_zero_only=True)
+            means[f"{prefix}/judge"] = [s.judge.composite for s in mine]
+            means[f"{prefix}/identification"] = [float(s.identified) for s in mine]
+            means[f"{prefix}/bleu4"] = [s.bleu4 for s in mine]
+        self.log_synced(pl_module, means)

@@ -71,30 +71,45 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     _fsync_dir(path.parent)
 
 
+def _ends_torn(path: Path) -> bool:
+    """Whether the file's last line was cut off by a crash (it lacks its newline)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
 def append_jsonl(path: str | Path, obj: Any) -> None:
-    """Append one JSON line and fsync it, so a crash loses at most the line being written."""
+    """Append one JSON line and fsync it, so a crash loses at most the line being written.
+
+    A line an earlier crash cut off stays as it is (nothing is rewritten); the new line starts on
+    a line of its own, so it is never glued onto the torn one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    start = "\n" if _ends_torn(path) else ""
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
+        f.write(start + json.dumps(obj, sort_keys=True, default=str) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSONL journal, ignoring a torn last line left by a crash."""
+    """Read a JSONL journal, skipping lines a crash cut off (a torn line never ends its object with ``}``).
+
+    Any other line that is not JSON means the file was damaged or edited: ``ValueError``.
+    """
     path = Path(path)
     if not path.exists():
         return []
     rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
+    for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise
+            if line.rstrip().endswith("}"):
+                raise
     return rows

@@ -1,7 +1,9 @@
-"""The ``cme-vlm`` command: parse arguments, compose the config, call one stage function.
+"""The ``cme-vlm`` command: parse arguments, compose the config, call one function.
 
-Every command takes ``--config FILE`` and overrides (``a.b=1`` or ``--a.b=1``). Paths a
-command reads or writes default to the run layout (``runs/<name>-<time>/NN-stage``).
+Each pipeline stage's command comes from the stage registry (``cme_vlm.stages``); the tools
+around it (review sheets, expert scores, explain, audit, bench, run) are declared below. Every
+command takes ``--config FILE`` and overrides (``a.b=1`` or ``--a.b=1``). Paths a command reads
+or writes default to the run layout (``runs/<name>-<time>/NN-stage``).
 """
 
 from __future__ import annotations
@@ -9,140 +11,170 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from cme_vlm.config import load_config
+from cme_vlm.config_files import USER_CONFIGS_ENV
 from cme_vlm.errors import CmeVlmError
-from cme_vlm.stages import stage_function
+from cme_vlm.layout import run_folder
+from cme_vlm.stages import STAGES, Input, Stage
 
 console = Console(stderr=True)
 
 
 @dataclass(frozen=True)
-class PathArg:
-    """A path option of a command and, if it may be left out, the layout folder it defaults to."""
+class Flag:
+    """An option that is not a path: passed to the function, or (``override``) set as a config key."""
 
     name: str
     help: str
-    default_stage: str | None = None  # RunLayout attribute, e.g. "data"
-    sub: str = ""  # sub-path inside that stage folder
+    type: Callable[[str], Any] | None = None
+    default: Any = None
+    override: str = ""  # the config key this flag sets, e.g. data.synthetic.n_frames
+    switch: bool = False  # a store_true option
 
 
 @dataclass(frozen=True)
 class Command:
-    target: str  # "module:function"; called as function(cfg, **paths, **flags)
+    """One ``cme-vlm`` sub-command: the function it calls and its path options.
+
+    A path ``Input`` with a ``stage`` defaults to that stage's folder in the run; one without is
+    required. ``takes_run_dir``: the function gets the run folder itself. ``positional`` names what
+    may stand bare after the command: the experiment file (``run EXPERIMENT``) or the run folder
+    (``audit RUN_DIR``).
+    """
+
+    words: tuple[str, ...]
     help: str
-    paths: tuple[PathArg, ...] = ()
-    flags: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra argparse options
+    load: Callable[[], Callable[..., Any]]
+    paths: tuple[Input, ...] = ()
+    flags: tuple[Flag, ...] = ()
+    takes_run_dir: bool = False
+    positional: str = ""
 
 
-DATASET = "dataset"
-MODEL = "model"
+def stage_command(stage: Stage) -> Command:
+    """A stage's command: its inputs and its own folder (``--out``) as path options."""
+    out = Input("out", "output folder", stage.name)
+    synth = (Flag("n", "number of frames (data.synthetic.n_frames)", int, override="data.synthetic.n_frames"),)
+    return Command(stage.command, stage.summary, stage.load, (*stage.inputs, out),
+                   synth if stage.name == "frames" else ())
 
-COMMANDS: dict[tuple[str, ...], Command] = {
-    ("data", "synth"): Command(
-        "cme_vlm.data.stage:synthesize",
-        "write a synthetic frames-and-masks tree (a stand-in for private clinical data)",
-        (PathArg("out", "output folder", "frames"),),
-        {"n": {"type": int, "help": "number of frames (data.synthetic.n_frames)"}},
-    ),
-    ("data", "build"): Command(
-        "cme_vlm.data.stage:build",
-        "frames and masks -> instruction dataset (no answers yet)",
-        (PathArg("frames", "frames-and-masks tree (manifest or DSAD layout)", "frames"),
-         PathArg("out", "output folder", "data")),
-    ),
-    ("teacher", "answer"): Command(
-        "cme_vlm.teacher.stage:answer",
-        "fill the instruction dataset with the teacher's expert answers",
-        (PathArg("dataset", "instruction dataset", "data", DATASET), PathArg("out", "output folder", "teacher")),
-    ),
-    ("review", "export"): Command(
-        "cme_vlm.teacher.review:export_sheet",
-        "write an expert review sheet (CSV + HTML) for a sample of answers",
-        (PathArg("dataset", "answered dataset", "teacher", DATASET), PathArg("out", "sheet folder", "teacher", "review")),
-        {"fraction": {"type": float, "help": "share of records to sample (review.fraction)"}},
-    ),
-    ("review", "import"): Command(
-        "cme_vlm.teacher.review:import_sheet",
-        "apply an expert's approvals, edits and rejections",
-        (PathArg("sheet", "the filled review CSV"), PathArg("dataset", "answered dataset", "teacher", DATASET)),
-    ),
-    ("train", "sft"): Command(
-        "cme_vlm.training.sft_stage:train_sft",
-        "supervised fine-tuning on the teacher's answers",
-        (PathArg("dataset", "answered dataset", "teacher", DATASET), PathArg("out", "output folder", "sft")),
-    ),
-    ("preference", "build"): Command(
-        "cme_vlm.preference.stage:build_preferences",
-        "sample candidates with the SFT model, select pairs, precompute reference log-probs",
-        (PathArg("dataset", "answered dataset", "teacher", DATASET), PathArg("model", "SFT model", "sft", MODEL),
-         PathArg("out", "output folder", "preference")),
-    ),
-    ("preference", "review-export"): Command(
-        "cme_vlm.preference.review:export_sheet",
-        "write an expert review sheet for a sample of preference pairs",
-        (PathArg("dataset", "preference dataset", "preference", DATASET),
-         PathArg("out", "sheet folder", "preference", "review")),
-        {"fraction": {"type": float, "help": "share of pairs to sample (review.fraction)"}},
-    ),
-    ("preference", "review-import"): Command(
-        "cme_vlm.preference.review:import_sheet",
-        "apply an expert's approve/swap/reject verdicts on pairs",
-        (PathArg("sheet", "the filled review CSV"), PathArg("dataset", "preference dataset", "preference", DATASET)),
-    ),
-    ("train", "dpo"): Command(
-        "cme_vlm.training.dpo_stage:train_dpo",
-        "direct preference optimisation from the SFT model",
-        (PathArg("dataset", "preference dataset", "preference", DATASET), PathArg("model", "SFT model", "sft", MODEL),
-         PathArg("out", "output folder", "dpo")),
-    ),
-    ("evaluate",): Command(
-        "cme_vlm.evaluation.stage:evaluate",
-        "generate on the test split with base/SFT/DPO and write the report",
-        (PathArg("dataset", "answered dataset", "teacher", DATASET), PathArg("sft", "SFT model", "sft", MODEL),
-         PathArg("dpo", "DPO model", "dpo", MODEL), PathArg("out", "report folder", "eval")),
-    ),
-    ("expert", "export"): Command(
-        "cme_vlm.evaluation.expert:export_sheet",
-        "write a blinded expert evaluation sheet",
-        (PathArg("eval_dir", "evaluation folder", "eval"),),
-    ),
-    ("expert", "import"): Command(
-        "cme_vlm.evaluation.expert:import_sheet",
-        "fold an expert's scores and preferred-model choices into the report",
-        (PathArg("sheet", "the filled expert CSV"), PathArg("eval_dir", "evaluation folder", "eval")),
-    ),
-    ("run",): Command(
-        "cme_vlm.pipeline:run",
-        "the whole pipeline, each stage skipped when its output is up to date",
-        (PathArg("run_dir", "run folder (default: the latest of this experiment, or a new one)"),),
-        {"dry_run": {"action": "store_true", "help": "print the plan, teacher calls and memory; run nothing"},
-         "new": {"action": "store_true", "help": "start a new run folder instead of resuming the latest"}},
-    ),
-    ("explain",): Command(
-        "cme_vlm.inference:explain",
-        "ask a local model about one frame: overlay the mask, print the explanation",
-        (PathArg("model", "model folder (an exported SFT or DPO model)"), PathArg("frame", "frame image"),
-         PathArg("mask", "binary mask image")),
-        {"structure": {"help": "optional structure name, for the overlay colour"}},
-    ),
-    ("audit",): Command(
-        "cme_vlm.teacher.audit:audit_run",
-        "check a run's audit log of outgoing requests against its dataset",
-        (PathArg("run_dir", "run folder"),),
-    ),
-    ("bench",): Command(
-        "cme_vlm.bench:run_bench",
-        "time SFT, DPO and generation steps; print a table and write JSON",
-        (PathArg("out", "output folder for bench.json", None),),
-        {"steps": {"type": int, "default": 10, "help": "timed steps (medians)"},
-         "only": {"help": "comma-separated subset of sft,dpo,generate"}},
-    ),
-}
+
+def _teacher_review() -> Any:
+    from cme_vlm.teacher import review
+
+    return review
+
+
+def _pair_review() -> Any:
+    from cme_vlm.preference import review
+
+    return review
+
+
+def _expert() -> Any:
+    from cme_vlm.evaluation import expert
+
+    return expert
+
+
+def _explain() -> Callable[..., Any]:
+    from cme_vlm.inference import explain
+
+    return explain
+
+
+def _audit() -> Callable[..., Any]:
+    from cme_vlm.teacher.audit import audit_run
+
+    return audit_run
+
+
+def _bench() -> Callable[..., Any]:
+    from cme_vlm.bench import run_bench
+
+    return run_bench
+
+
+def _pipeline() -> Callable[..., Any]:
+    from cme_vlm.pipeline import run
+
+    return run
+
+
+FRACTION = Flag("fraction", "share to sample (review.fraction)", float, override="review.fraction")
+SHEET = Input("sheet", "the filled review CSV", "")
+ANSWERS = Input("dataset", "answered dataset", "teacher", "dataset")
+PAIRS = Input("dataset", "preference dataset", "preference", "dataset")
+EVAL_DIR = Input("eval_dir", "evaluation folder", "eval")
+RUN_DIR = "run_dir"
+SERVE = (Flag("host", "address to serve on", str, "127.0.0.1"), Flag("port", "port (0: any free one)", int, 0),
+         Flag("allow_remote", "serve beyond this machine (the sheet shows patient frames)", switch=True))
+
+TOOLS: tuple[Command, ...] = (
+    Command(("review", "export"), "write an expert review sheet (CSV + HTML) for a sample of answers",
+            lambda: _teacher_review().export_sheet, (ANSWERS, Input("out", "sheet folder", "teacher", "review")),
+            (FRACTION,)),
+    Command(("review", "import"), "apply an expert's approvals, edits and rejections",
+            lambda: _teacher_review().import_sheet, (SHEET, ANSWERS)),
+    Command(("preference", "review-export"), "write an expert review sheet for a sample of preference pairs",
+            lambda: _pair_review().export_sheet, (PAIRS, Input("out", "sheet folder", "preference", "review")),
+            (FRACTION,)),
+    Command(("preference", "review-import"), "apply an expert's approve/swap/reject verdicts on pairs",
+            lambda: _pair_review().import_sheet, (SHEET, PAIRS)),
+    Command(("review", "serve"), "fill the answer review sheet in a local web form (saved to its CSV as you go)",
+            lambda: _teacher_review().serve_sheet,
+            (Input("sheet", "the review CSV", "teacher", "review/review.csv"), ANSWERS), SERVE),
+    Command(("preference", "review-serve"), "fill the pair review sheet in a local web form",
+            lambda: _pair_review().serve_sheet,
+            (Input("sheet", "the review CSV", "preference", "review/review.csv"), PAIRS), SERVE),
+    Command(("expert", "serve"), "fill the blinded expert sheet in a local web form", lambda: _expert().serve_sheet,
+            (EVAL_DIR,), SERVE),
+    Command(("expert", "export"), "write a blinded expert evaluation sheet", lambda: _expert().export_sheet,
+            (EVAL_DIR,)),
+    Command(("expert", "import"), "fold an expert's scores and preferred-model choices into the report",
+            lambda: _expert().import_sheet, (Input("sheet", "the filled expert CSV", ""), EVAL_DIR)),
+    Command(("explain",), "ask a local model about one frame: overlay the mask, print the explanation", _explain,
+            (Input("model", "model folder (an exported SFT or DPO model)", ""), Input("frame", "frame image", ""),
+             Input("mask", "binary mask image", "")),
+            (Flag("structure", "optional structure name, for the overlay colour"),)),
+    Command(("audit",), "check a run's audit logs of outgoing requests against its dataset", _audit,
+            (Input("dataset", "the run's instruction dataset", "data", "dataset"),), takes_run_dir=True,
+            positional=RUN_DIR),
+    Command(("bench",), "time SFT, DPO and generation steps; print a table and write JSON", _bench, (),
+            (Flag("out", "output folder for bench.json", Path), Flag("steps", "timed steps (medians)", int, 10),
+             Flag("only", "comma-separated subset of sft,dpo,generate"),
+             Flag("memory", "measure one SFT and one DPO step's peak memory on fake tensors for the dry-run",
+                  switch=True))),
+    Command(("run",), "the whole pipeline, each stage skipped when its output is up to date", _pipeline, (),
+            (Flag("dry_run", "print the plan, teacher calls and memory; run nothing", switch=True),
+             Flag("new", "start a new run folder instead of resuming the latest", switch=True)),
+            takes_run_dir=True, positional="experiment"),
+)
+COMMANDS: dict[tuple[str, ...], Command] = {c.words: c for c in (*map(stage_command, STAGES), *TOOLS)}
+
+
+def _add_command(sub: argparse.ArgumentParser, command: Command) -> None:
+    sub.set_defaults(command=command.words)
+    if command.positional:
+        what = "experiment YAML (default: experiments/demo.yaml)" if command.positional == "experiment" else "run folder"
+        sub.add_argument(f"{command.positional}_arg", nargs="?", metavar=command.positional.upper(), help=what)
+    sub.add_argument("--config", help="experiment YAML (default: experiments/demo.yaml)")
+    sub.add_argument("--configs", help=f"your own configs folder, searched before the shipped ones (or ${USER_CONFIGS_ENV})")
+    sub.add_argument("--run-dir", dest=RUN_DIR, type=Path,
+                     help="run folder whose stage folders are the default paths (default: the latest run)")
+    for p in command.paths:
+        sub.add_argument(f"--{p.name.replace('_', '-')}", dest=p.name, type=Path, required=not p.stage,
+                         help=p.help + (f" (default: the run's {p.stage} folder)" if p.stage else ""))
+    for f in command.flags:
+        options = {"action": "store_true"} if f.switch else {"type": f.type, "default": f.default}
+        sub.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, help=f.help, **options)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -158,34 +190,30 @@ def _parser() -> argparse.ArgumentParser:
                     dest="subcmd", metavar="SUBCOMMAND", required=True
                 )
             sub = nested[words[0]].add_parser(words[1], help=command.help, description=command.help)
-        sub.set_defaults(command=words)
-        positional_config = words == ("run",)
-        if positional_config:
-            sub.add_argument("experiment", nargs="?", help="experiment YAML (default: experiments/demo.yaml)")
-        sub.add_argument("--config", help="experiment YAML (default: experiments/demo.yaml)")
-        if all(p.name != "run_dir" for p in command.paths):
-            sub.add_argument("--run-dir", dest="run_dir", type=Path,
-                             help="run folder whose stage folders are the default paths (default: the latest run)")
-        for p in command.paths:
-            required = p.default_stage is None and p.name in {"model", "frame", "mask", "sheet"}
-            sub.add_argument(f"--{p.name.replace('_', '-')}", dest=p.name, type=Path, required=required, help=p.help)
-        for name, spec in command.flags.items():
-            sub.add_argument(f"--{name.replace('_', '-')}", dest=name, **spec)
+        _add_command(sub, command)
     return parser
 
 
-def _resolve_paths(command: Command, args: argparse.Namespace, cfg: Any) -> dict[str, Path | None]:
-    from cme_vlm.layout import RunLayout
+def _split_positional(command: Command, args: argparse.Namespace, rest: list[str]) -> str | None:
+    """The experiment file, taking ``run``'s bare word or ``audit``'s run folder where they stand."""
+    bare = getattr(args, f"{command.positional}_arg", None) if command.positional else None
+    if bare and "=" in bare:  # `cme-vlm run a.b=1`: an override, not a file
+        rest.insert(0, bare)
+        bare = None
+    if command.positional == RUN_DIR and bare:
+        args.run_dir = args.run_dir or Path(bare)
+        return args.config
+    return args.config or bare
 
-    explicit_run = getattr(args, "run_dir", None)
-    layout = RunLayout.for_config(cfg, explicit_run, new=getattr(args, "new", False))
-    paths: dict[str, Path | None] = {}
+
+def resolve_paths(command: Command, args: argparse.Namespace, cfg: Any) -> dict[str, Path | None]:
+    """Each path option: given on the line, else its stage's folder in the run (a sweep run's own ``out``)."""
+    run_dir = run_folder(cfg, args.run_dir, new=getattr(args, "new", False))
+    paths: dict[str, Path | None] = {RUN_DIR: run_dir} if command.takes_run_dir else {}
     for p in command.paths:
         value = getattr(args, p.name)
-        if value is None and p.name == "run_dir":
-            value = layout.root
-        if value is None and p.default_stage:
-            value = getattr(layout, p.default_stage) / p.sub if p.sub else getattr(layout, p.default_stage)
+        if value is None:
+            value = p.path(run_dir, cfg)
             if p.name == "out" and os.environ.get("WANDB_SWEEP_ID"):
                 # each run of a W&B sweep agent gets its own output folder beside the stage's
                 value = value / "sweeps" / os.environ.get("WANDB_RUN_ID", "run")
@@ -193,26 +221,23 @@ def _resolve_paths(command: Command, args: argparse.Namespace, cfg: Any) -> dict
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    from cme_vlm.config import load_config
-
+def parse(argv: list[str] | None) -> tuple[Command, argparse.Namespace, str | None, list[str]]:
+    """The command, its parsed options, the experiment file and the config overrides (flags that set keys included)."""
     args, rest = _parser().parse_known_args(argv)
     command = COMMANDS[args.command]
-    positional = getattr(args, "experiment", None)
-    if positional and "=" in positional:  # `cme-vlm run a.b=1`: an override, not an experiment file
-        rest.insert(0, positional)
-        positional = None
-    experiment = args.config or positional
-    overrides = list(rest)
-    if args.command == ("data", "synth") and args.n is not None:
-        overrides.append(f"data.synthetic.n_frames={args.n}")
-    if getattr(args, "fraction", None) is not None:
-        overrides.append(f"review.fraction={args.fraction}")
+    experiment = _split_positional(command, args, rest)
+    overrides = list(rest) + [f"{f.override}={getattr(args, f.name)}" for f in command.flags
+                              if f.override and getattr(args, f.name) is not None]
+    return command, args, experiment, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    command, args, experiment, overrides = parse(argv)
     try:
-        cfg = load_config(experiment, overrides)
-        paths = _resolve_paths(command, args, cfg)
-        flags = {k: getattr(args, k) for k in command.flags if k not in {"n", "fraction", "new"}}
-        stage_function(command.target)(cfg, **paths, **flags)
+        cfg = load_config(experiment, overrides, args.configs)
+        paths = resolve_paths(command, args, cfg)
+        flags = {f.name: getattr(args, f.name) for f in command.flags if not f.override and f.name != "new"}
+        command.load()(cfg, **paths, **flags)
     except CmeVlmError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2

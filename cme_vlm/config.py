@@ -22,33 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cme_vlm import atomic
+from cme_vlm.config_files import GROUP_FOLDERS, ConfigSearch, find_experiment
 from cme_vlm.errors import ConfigError
-from cme_vlm.schema import ExperimentConfig
+from cme_vlm.schema import CacheKind, ExperimentConfig, Switch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_EXPERIMENT = REPO_ROOT / "experiments" / "demo.yaml"
 CONFIG_FILENAME = "config.yaml"
-
-# config group -> folder under configs/
-GROUP_FOLDERS = {
-    "anatomy": "anatomy",
-    "data": "data",
-    "teacher": "teacher",
-    "model": "model",
-    "sft": "train",
-    "preference": "preference",
-    "dpo": "train",
-    "eval": "eval",
-}
-
-
-def configs_dir(experiment: Path | None) -> Path:
-    """The ``configs/`` folder beside the experiment's ``experiments/`` folder, else the repo's."""
-    if experiment is not None:
-        for parent in experiment.resolve().parents:
-            if (parent / "configs").is_dir():
-                return parent / "configs"
-    return REPO_ROOT / "configs"
 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
@@ -63,23 +41,18 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def group_choices(configs: Path, group: str) -> list[str]:
-    return sorted(p.stem for p in (configs / GROUP_FOLDERS[group]).glob("*.yaml"))
-
-
-def _group_node(configs: Path, group: str, choice: str, source: str) -> dict[str, Any]:
+def _group_node(search: ConfigSearch, group: str, choice: str, source: str) -> dict[str, Any]:
     if group not in GROUP_FOLDERS:
         raise ConfigError(
             f"{source}: unknown config group '{group}'. Valid groups: {', '.join(GROUP_FOLDERS)}."
         )
-    path = configs / GROUP_FOLDERS[group] / f"{choice}.yaml"
-    if not path.is_file():
-        choices = group_choices(configs, group)
+    path = search.group_file(group, choice)
+    if path is None:
+        choices = search.choices(group)
         hint = _did_you_mean(choice, choices)
-        raise ConfigError(
-            f"{source}: unknown {group} config '{choice}'{hint}. Choices: {', '.join(choices)} "
-            f"(files in {path.parent})."
-        )
+        where = ", ".join(str(f / GROUP_FOLDERS[group]) for f in search.folders)
+        raise ConfigError(f"{source}: unknown {group} config '{choice}'{hint}. Choices: {', '.join(choices)} "
+                          f"(files in {where}).")
     return {group: _read_yaml(path, f"{group} config")}
 
 
@@ -126,9 +99,9 @@ def _merge(base: DictConfig, node: dict[str, Any], source: str) -> DictConfig:
         raise _explain(e, source) from None
 
 
-def _select_group(cfg: DictConfig, configs: Path, group: str, choice: str, source: str) -> DictConfig:
+def _select_group(cfg: DictConfig, search: ConfigSearch, group: str, choice: str, source: str) -> DictConfig:
     """Reset a section to its schema defaults, then merge the chosen group file onto it."""
-    node = _group_node(configs, group, choice, source)
+    node = _group_node(search, group, choice, source)
     fresh = OmegaConf.structured(ExperimentConfig)
     cfg = _merge(cfg, {"defaults": {group: choice}}, source)
     cfg[group] = fresh[group]
@@ -136,7 +109,7 @@ def _select_group(cfg: DictConfig, configs: Path, group: str, choice: str, sourc
 
 
 def _compose_file(
-    path: Path, configs: Path, choices: dict[str, str], seen: tuple[Path, ...] = ()
+    path: Path, search: ConfigSearch, choices: dict[str, str], seen: tuple[Path, ...] = ()
 ) -> DictConfig:
     """Compose one experiment file; ``choices`` replace the group names its ``defaults`` give."""
     path = path.resolve()
@@ -145,17 +118,14 @@ def _compose_file(
     body = _read_yaml(path, "experiment")
     base_name = body.get("base", "")
     if base_name:
-        base_path = path.parent / f"{base_name}.yaml"
-        if not base_path.is_file():
-            base_path = configs.parent / "experiments" / f"{base_name}.yaml"
-        cfg = _compose_file(base_path, configs, choices, seen + (path,))
+        cfg = _compose_file(search.base_experiment(base_name, path), search, choices, seen + (path,))
     else:
         cfg = OmegaConf.structured(ExperimentConfig)
     defaults = body.pop("defaults", {}) or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{path}: 'defaults' must map groups to names, e.g. 'model: tiny'.")
     for group, choice in defaults.items():
-        cfg = _select_group(cfg, configs, group, str(choices.get(group, choice)), str(path))
+        cfg = _select_group(cfg, search, group, str(choices.get(group, choice)), str(path))
     return _merge(cfg, body, str(path))
 
 
@@ -191,20 +161,23 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
-def load_config(experiment: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Compose an experiment file (default: ``experiments/demo.yaml``) with overrides and validate it.
+def load_config(
+    experiment: str | Path | None = None, overrides: list[str] | None = None, configs: str | Path | None = None
+) -> ExperimentConfig:
+    """Compose an experiment file (default: the shipped ``experiments/demo.yaml``) with overrides and validate it.
 
     A group override (``model=qwen2_5_vl_7b``) replaces that group wherever the experiment or
-    its bases select it, so the section comes from the new group file alone.
+    its bases select it, so the section comes from the new group file alone. ``configs``: the
+    user's own configs folder, searched first (``cme_vlm.config_files``).
     """
-    path = Path(experiment) if experiment else DEFAULT_EXPERIMENT
-    configs = configs_dir(path)
+    path = find_experiment(experiment)
+    search = ConfigSearch.for_experiment(path, configs)
     pairs = parse_overrides(overrides or [])
     choices = {k: v for k, v in pairs if k in GROUP_FOLDERS and isinstance(v, str)}
-    cfg = _compose_file(path, configs, choices)
+    cfg = _compose_file(path, search, choices)
     for group, choice in choices.items():
         if cfg.defaults.get(group) != choice:  # a group the experiment never selected
-            cfg = _select_group(cfg, configs, group, choice, f"override '{group}={choice}'")
+            cfg = _select_group(cfg, search, group, choice, f"override '{group}={choice}'")
     for key, value in pairs:
         if key in choices:
             continue
@@ -243,6 +216,15 @@ def check_config(cfg: ExperimentConfig) -> None:
         for component, mode in modes.items():
             if mode == "lora" and component not in train.freezing.lora:
                 problems.append(f"{stage}.freezing.{component}=lora but {stage}.freezing.lora has no '{component}' entry")
+    hot = [i for i, s in enumerate(cfg.preference.sampling) if s.temperature <= 0]
+    if hot:
+        problems.append(f"preference.sampling[{hot[0]}].temperature must be above 0 (sampling); "
+                        "greedy answers come from the evaluation stage")
+    if cfg.generation.compile is Switch.always and cfg.generation.cache is CacheKind.dynamic:
+        problems.append("generation.compile=always needs a fixed-shape KV cache, but generation.cache=dynamic; "
+                        "set generation.cache=static (or auto), or generation.compile=never")
+    if cfg.preference.rounds < 1:
+        problems.append(f"preference.rounds={cfg.preference.rounds}: give 1 (one DPO round, as the paper) or more")
     if cfg.preference.k < 2:
         problems.append(f"preference.k={cfg.preference.k}: at least 2 candidates are needed for a pair")
     if cfg.preference.k > len(cfg.preference.sampling):
@@ -262,10 +244,22 @@ def to_yaml(cfg: ExperimentConfig) -> str:
 
 
 def to_dict(cfg: Any) -> Any:
-    """A plain, JSON-able view of a config, any of its sections, or a scalar."""
-    if not is_dataclass(cfg):
-        return cfg.value if isinstance(cfg, Enum) else cfg
-    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    """A plain, JSON-able view of a config, any of its sections or collections, or a scalar."""
+    if is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, list):
+        return [to_dict(v) for v in cfg]
+    return cfg.value if isinstance(cfg, Enum) else cfg
+
+
+def config_value(cfg: Any, key: str) -> Any:
+    """The value at a dotted ``key`` (``"data.synthetic.n_frames"``) of a config or section."""
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def fingerprint(*sections: Any) -> str:

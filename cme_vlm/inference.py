@@ -63,7 +63,7 @@ def explain(
     image = overlay_for(cfg, Path(frame), Path(mask), structure)
     loaded = load_model(cfg, model)
     prompt = _prompt_for(cfg, Path(frame))
-    answer = generate(loaded, [image], [prompt], None, cfg.eval.max_new_tokens, 1)[0]
+    answer = generate(loaded, [image], [prompt], cfg.eval.max_new_tokens, 1, cfg.generation)[0]
     out = Path.cwd() / f"{Path(frame).stem}_overlay.png"
     png = io.BytesIO()
     image.save(png, format="PNG")

@@ -7,68 +7,27 @@ architecture built on the ``meta`` device.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from cme_vlm.anatomy import Anatomy
-from cme_vlm.schema import ComponentMode, DataSource, ExperimentConfig, JudgeBackend, Optimizer, TeacherBackend, TrainConfig
-
-if TYPE_CHECKING:
-    from cme_vlm.layout import RunLayout
-    from cme_vlm.pipeline import Step
+from cme_vlm.console import folding_table
+from cme_vlm.data.records import load_dataset
+from cme_vlm.layout import stage_state
+from cme_vlm.models.adapters import COMPONENTS
+from cme_vlm.schema import ComponentMode, DataSource, ExperimentConfig, JudgeBackend, SelectionMode, TeacherBackend
+from cme_vlm.stages import STAGE_BY_NAME, Stage
 
 console = Console()
 GIB = 1024**3
 
 
-@dataclass(frozen=True)
-class MemoryEstimate:
-    weights: float
-    gradients: float
-    optimizer: float
-    activations: float
-
-    @property
-    def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations
-
-
-def _bytes_per_param(cfg: ExperimentConfig) -> int:
-    if cfg.model.dtype in ("float32", "fp32"):
-        return 4
-    return 2  # auto resolves to bf16 on GPU, where these estimates matter
-
-
-def estimate_training_memory(
-    cfg: ExperimentConfig, train: TrainConfig, params: dict[str, int], hidden: int, layers: int,
-    sequences_per_step: int, seq_len: int,
-) -> MemoryEstimate:
-    """Bytes a training step needs, by the usual accounting (weights, grads, AdamW states, activations).
-
-    Activations follow Korthikanti et al. (2022): about 34·s·h bytes per token-layer in 16-bit
-    without recomputation, about 2·s·h with full gradient checkpointing.
-    """
-    width = _bytes_per_param(cfg)
-    total = sum(params.values())
-    trainable = sum(n for c, n in params.items() if getattr(train.freezing, c) is not ComponentMode.freeze)
-    weights = total * width
-    gradients = trainable * width
-    # moments (and Kahan's compensation buffer) are kept in the parameters' dtype
-    optimizer = trainable * width * (3 if train.optimizer is Optimizer.kahan_adamw else 2)
-    per_token_layer = (2 if train.gradient_checkpointing else 34) * hidden
-    activations = sequences_per_step * seq_len * layers * per_token_layer
-    return MemoryEstimate(weights, gradients, optimizer, float(activations))
-
-
-def _records_estimate(cfg: ExperimentConfig, layout: RunLayout) -> tuple[int, str]:
-    from cme_vlm.data.records import load_dataset
-
-    if (layout.data / "dataset").is_dir():
-        return len(load_dataset(layout.data)), "records in this run's dataset"
+def _records_estimate(cfg: ExperimentConfig, run_dir: Path) -> tuple[int, str]:
+    built = run_dir / STAGE_BY_NAME["data"].folder
+    if (built / "dataset").is_dir():
+        return len(load_dataset(built)), "records in this run's dataset"
     if cfg.data.source is DataSource.synthetic:
         return cfg.data.synthetic.n_frames, "synthetic annotations requested"
     counts = sum(s.annotation_count for s in Anatomy(cfg.anatomy).cfg.structures.values())
@@ -100,56 +59,60 @@ def _inputs(cfg: ExperimentConfig) -> list[tuple[str, str, str]]:
     return rows
 
 
-def print_plan(cfg: ExperimentConfig, layout: RunLayout, steps: list[Step], fps: dict[str, str]) -> None:
+def print_plan(cfg: ExperimentConfig, run_dir: Path, stages: list[Stage], fps: dict[str, str]) -> None:
     """Print stages, required inputs, paid calls and training memory; run nothing."""
-    from cme_vlm.pipeline import stage_state
-
-    plan = Table(title=f"plan for '{cfg.name}' in {layout.root}")
-    for col in ("stage", "what it does", "state"):
-        plan.add_column(col)
-    for step in steps:
-        folder = layout.stage(step.name)
-        plan.add_row(folder.name, step.summary, stage_state(folder, fps[step.name]))
+    plan = folding_table(f"plan for '{cfg.name}' in {run_dir}", "stage", "what it does", "state")
+    for stage in stages:
+        plan.add_row(stage.folder, stage.summary, stage_state(run_dir / stage.folder, fps[stage.name]))
     console.print(plan)
 
-    inputs = Table(title="inputs")
-    for col in ("setting", "value", "status"):
-        inputs.add_column(col)
+    inputs = folding_table("inputs", "setting", "value", "status")
     for row in _inputs(cfg):
         inputs.add_row(*row)
     console.print(inputs)
 
-    n, basis = _records_estimate(cfg, layout)
+    n, basis = _records_estimate(cfg, run_dir)
     console.print(_calls_table(cfg, n, basis))
     console.print(_memory_table(cfg))
 
 
 def _calls_table(cfg: ExperimentConfig, n: int, basis: str) -> Table:
-    train_share = 1 - cfg.data.val_fraction - cfg.data.test_fraction
+    """Paid requests per remote step (before retries), from ``n`` records."""
     test = round(n * cfg.data.test_fraction)
-    table = Table(title=f"teacher and judge calls (from {n} {basis})")
-    for col in ("step", "backend", "calls"):
-        table.add_column(col)
-    table.add_row("teacher answers", cfg.teacher.backend.value, str(n) if cfg.teacher.backend is TeacherBackend.gemini else "0 (offline)")
-    pairs = round(n * train_share) * (2 if cfg.preference.two_pass else 1)
-    table.add_row("pair selection", cfg.preference.judge.value, str(pairs) if cfg.preference.judge is JudgeBackend.gemini else "0 (offline)")
-    judged = test * len(cfg.eval.models)
-    table.add_row("evaluation judge", cfg.eval.judge.value, str(judged) if cfg.eval.judge is JudgeBackend.gemini else "0 (offline)")
+    pref = cfg.preference
+    dpo_models = pref.rounds if "dpo" in cfg.eval.models else 0
+    judged_pairs = 0 if pref.selection is SelectionMode.checks else round(n - test) * (2 if pref.two_pass else 1)
+    rows = (
+        ("teacher answers", cfg.teacher.backend is TeacherBackend.gemini, cfg.teacher.backend.value, n),
+        ("pair selection", pref.judge is JudgeBackend.gemini, f"{pref.judge.value}, {pref.selection.value}",
+         judged_pairs * dpo_models),
+        ("evaluation judge", cfg.eval.judge is JudgeBackend.gemini, cfg.eval.judge.value,
+         test * (len(cfg.eval.models) - ("dpo" in cfg.eval.models) + dpo_models)),
+    )
+    table = folding_table(f"teacher and judge calls (from {n} {basis})", "step", "backend", "calls", right=("calls",))
+    for step, paid, backend, calls in rows:
+        table.add_row(step, backend, str(calls) if paid else "0 (offline)")
     return table
 
 
 def _memory_table(cfg: ExperimentConfig) -> Table:
-    from cme_vlm.models.architecture import architecture_summary
+    """Each training stage's peak as measured on fake tensors (``cme_vlm.bench.memory``), where recorded for these settings."""
+    from cme_vlm.bench.memory import cached_step_memory, stage_train
 
-    arch = architecture_summary(cfg)
-    seq = arch.image_tokens + 128 + cfg.preference.max_new_tokens
-    table = Table(title=f"training memory estimate ({cfg.model.name}: {sum(arch.params.values()) / 1e9:.2f} B parameters, "
-                        f"~{seq} tokens a sequence)")
-    for col in ("stage", "trained", "weights", "grads", "optimizer", "activations", "total"):
-        table.add_column(col, justify="right")
-    for name, train, seqs in (("sft", cfg.sft, cfg.sft.batch_size), ("dpo", cfg.dpo, 2 * cfg.dpo.batch_size)):
-        est = estimate_training_memory(cfg, train, arch.params, arch.hidden, arch.layers, seqs, seq)
-        trained = ", ".join(c for c in arch.params if getattr(train.freezing, c) is not ComponentMode.freeze)
-        table.add_row(name, trained, *(f"{v / GIB:.1f} GiB" for v in
-                                       (est.weights, est.gradients, est.optimizer, est.activations, est.total)))
+    parts = ("weights", "grads", "optim.", "activ.", "peak")
+    table = folding_table(f"training memory of one step in GiB, measured ({cfg.model.name}; live tensors at the peak, "
+                          "without CUDA context and allocator slack)", "stage", "trained", "tokens", *parts, right=parts)
+    for stage in ("sft", "dpo"):
+        train = stage_train(cfg, stage)
+        trained = ", ".join(c for c in COMPONENTS if getattr(train.freezing, c) is not ComponentMode.freeze)
+        measured = cached_step_memory(cfg, stage)
+        if measured is None:
+            table.add_row(stage, trained, "–", "–", "–", "–", "–", "not measured")
+            table.caption = ("not measured: these settings have no recorded step; `cme-vlm bench --memory` with the same "
+                             "config and overrides records one (a minute or two on a CPU)")
+            continue
+        shape, parts = measured.shape, measured.parts
+        table.add_row(stage, trained, f"{shape['sequences']} × {shape['sequence_length']}",
+                      *(f"{parts[k] / GIB:.1f}" for k in ("weights", "gradients", "optimizer", "activations")),
+                      f"{measured.peak / GIB:.1f}")
     return table

@@ -5,6 +5,8 @@ A seeded sample of reviewable rows goes out as ``review.csv`` plus a self-contai
 (unknown id, repeated id, unknown decision, the spec's own row check: one ``DataError`` listing
 every bad row, nothing applied), and the dataset is rewritten atomically with the new provenances.
 What differs between the two reviews lives in a ``SheetSpec`` and an ``apply`` callback.
+``serve_sheet`` offers the exported CSV as a local web form (``cme_vlm.review_server``) instead
+of a spreadsheet to edit.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import NamedTuple
 from datasets import Dataset
 from rich.console import Console
 
-from cme_vlm import atomic
+from cme_vlm import atomic, review_server
 from cme_vlm.config import save_config
 from cme_vlm.data.records import DATASET_DIRNAME, load_dataset, save_dataset
 from cme_vlm.errors import DataError
+from cme_vlm.review_server import Field, SheetForm, Shown
 from cme_vlm.schema import ExperimentConfig
 
 console = Console(stderr=True)
@@ -57,6 +60,7 @@ class SheetSpec:
     shown: tuple[tuple[str, str], ...]  # (label, column) text fields on each HTML card
     instruction: str  # how to fill the decision column, after "review.csv: "
     export_command: str  # named when a sheet cannot be read, e.g. "review export"
+    import_command: str  # named when a served sheet is complete, e.g. "review import"
     row_check: Callable[[str, dict[str, str]], str] | None = None  # (decision, cells) -> problem or ""
 
     @property
@@ -77,11 +81,16 @@ def sample_ids(ds: Dataset, spec: SheetSpec, fraction: float, seed: int) -> list
     return sorted(random.Random(seed).sample(pool, n))
 
 
-def overlay_uri(image) -> str:
-    """A PIL image as a PNG data URI, so the page needs no file beside it."""
+def png_bytes(image) -> bytes:
+    """A PIL image encoded as PNG."""
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def overlay_uri(image) -> str:
+    """A PIL image as a PNG data URI, so the page needs no file beside it."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 def render_html(spec: SheetSpec, rows: list[dict]) -> str:
@@ -180,3 +189,33 @@ def import_sheet(spec: SheetSpec, sheet: Path, dataset: Path, apply: Callable[[d
     counts = {p: sum(d.provenance == p for d in decisions.values()) for p in spec.decisions.values()}
     console.print(f"review applied to {target}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return target
+
+
+def sheet_form(spec: SheetSpec, sheet: Path, dataset: Path) -> SheetForm:
+    """The web form of an exported sheet: each card shows the row's overlay from ``dataset``."""
+    sheet = Path(sheet)
+    ds = load_dataset(dataset, spec.what)
+    known = set(ds["id"])
+    ids = {r["id"] for r in _reader(spec, sheet)}
+    overlays = {r["id"]: png_bytes(r["overlay"]) for r in ds.filter(lambda rid: rid in ids, input_columns="id")}
+    inputs = tuple(
+        Field(c, "Decision", options=tuple(spec.decisions), required=True) if c == "decision"
+        else Field(c, c.replace("_", " ").capitalize())
+        for c in spec.review_columns
+    )
+    return SheetForm(
+        title=spec.title,
+        instruction=f"For each {spec.unit}: {spec.instruction}",
+        sheet=sheet,
+        key_column="id",
+        heading=tuple(c for c in ("structure", "side", "id") if c in spec.data_columns),
+        items=(*(Shown(label, column) for label, column in spec.shown), *inputs),
+        image=lambda row: overlays.get(row["id"]),
+        check=lambda: read_decisions(spec, sheet, known),
+        done=f"Apply it with: cme-vlm {spec.import_command} --sheet {sheet} --dataset {dataset}",
+    )
+
+
+def serve_sheet(spec: SheetSpec, sheet: Path, dataset: Path, host: str, port: int, allow_remote: bool) -> Path:
+    """Serve an exported sheet as a local web form until Ctrl-C; entries go into ``sheet`` as they are made."""
+    return review_server.serve(sheet_form(spec, sheet, dataset), host, port, allow_remote)

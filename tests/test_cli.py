@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from cme_vlm.cli import COMMANDS, _parser, _resolve_paths, main
+from cme_vlm.cli import _parser, main, parse, resolve_paths
 from cme_vlm.config import load_config
 
 
 def _paths(argv: list[str]) -> dict[str, Path | None]:
-    args, _ = _parser().parse_known_args(argv)
-    return _resolve_paths(COMMANDS[args.command], args, load_config())
+    command, args, experiment, overrides = parse(argv)
+    return resolve_paths(command, args, load_config(experiment, overrides, args.configs))
 
 
 def test_stage_paths_default_to_the_run_layout(tmp_path: Path):
@@ -38,3 +38,15 @@ def test_user_error_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], tm
 def test_run_takes_an_override_where_the_experiment_may_stand(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["run", "eval.max_cases=3", "--dry-run", "--run-dir", str(tmp_path / "r")]) == 0
     assert "plan for 'demo'" in capsys.readouterr().out
+
+
+def test_audit_takes_the_run_folder_as_the_readme_writes_it(tmp_path: Path):
+    assert _paths(["audit", str(tmp_path)]) == {"run_dir": tmp_path, "dataset": tmp_path / "01-data" / "dataset"}
+    assert _paths(["audit", "--run-dir", str(tmp_path)])["run_dir"] == tmp_path
+
+
+def test_required_paths_and_flags_reach_the_function(tmp_path: Path):
+    paths = _paths(["review", "import", "--sheet", str(tmp_path / "s.csv"), "--run-dir", str(tmp_path)])
+    assert paths == {"sheet": tmp_path / "s.csv", "dataset": tmp_path / "02-teacher" / "dataset"}
+    with pytest.raises(SystemExit):
+        _parser().parse_known_args(["review", "import"])

@@ -23,6 +23,7 @@ SPEC = SheetSpec(
     decisions={"keep": "kept", "fix": "fixed", "drop": "dropped"}, reviewable="draft",
     nothing_to_review="draft notes", producer="cme-vlm notes draft",
     shown=(("Text", "text"),), instruction="keep, fix (with note) or drop.", export_command="notes export",
+    import_command="notes import",
     row_check=lambda decision, cells: "decision 'fix' needs a note" if decision == "fix" and not cells["note"] else "",
 )
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from cme_vlm.bench.inputs import SequenceShape
 from cme_vlm.models.adapters import ModelAdapter
-from cme_vlm.training.logprobs import hf_model
+from cme_vlm.models.logprobs import hf_model
 
 PARTS = ("vision_encoder", "merger", "language_model", "lm_head", "embedding")
 

@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cme_vlm.data.collate import ChatEncoder
 from cme_vlm.errors import ConfigError
 from cme_vlm.models.adapters import IGNORE_INDEX
+from cme_vlm.models.encoding import ChatEncoder, collate_pairs
 from cme_vlm.models.loading import LoadedModel
-from cme_vlm.preference.pairs import collate_pairs
 from cme_vlm.schema import ExperimentConfig
 
 FILLER = " a"  # one token in a byte-level BPE trained on English text; tops a text up to its length

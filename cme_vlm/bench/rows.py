@@ -1,4 +1,4 @@
-"""One benchmark row each: the project's SFT step, its DPO step, and ``generate`` at one batch size.
+"""One benchmark row each: the project's SFT step and its DPO step.
 
 Training rows run the real ``SFTModule`` / ``DPOModule`` under a lean Lightning trainer (the
 stage's precision and optimizer, no checkpoints, logger or progress bar) on the same synthetic
@@ -15,20 +15,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cme_vlm.bench.flops import part_parameters, part_positions, training_flops
-from cme_vlm.bench.inputs import generation_inputs, pair_batch, sft_batch
-from cme_vlm.bench.timing import StepTimer, median, peak_memory_gib, reset_peak_memory, time_calls
+from cme_vlm.bench.inputs import pair_batch, sft_batch
+from cme_vlm.bench.timing import StepTimer, median, peak_memory_gib, reset_peak_memory
 from cme_vlm.config import to_dict
 from cme_vlm.models.freezing import apply_freezing
-from cme_vlm.models.generation import generate
 from cme_vlm.models.loading import LoadedModel
-from cme_vlm.preference.reference import PrecomputedReference
-from cme_vlm.schema import ExperimentConfig, SamplingSetting, TrainConfig
+from cme_vlm.schema import ExperimentConfig, TrainConfig
 from cme_vlm.training.dpo_module import DPOModule
+from cme_vlm.training.reference import PrecomputedReference
 from cme_vlm.training.sft_module import SFTModule
-from cme_vlm.training.sft_stage import precision
-
-
-WARMUP_NEW_TOKENS = 4  # a short untimed call loads kernels and allocator pools without decoding 200 tokens
+from cme_vlm.training.trainer import precision
 
 
 class RepeatedBatch(Dataset):
@@ -91,31 +87,3 @@ def training_row(stage: str, cfg: ExperimentConfig, loaded: LoadedModel, steps: 
     return {**row, "status": "ok", "steps": len(times), "step_times_s": times, "step_time_s": step,
             "tokens_per_step": shape.tokens, "tokens_per_s": shape.tokens / step, "flops_per_s": flops / step,
             "mfu": flops / step / (cfg.bench.peak_tflops * 1e12), "peak_memory_gib": peak_memory_gib(device)}
-
-
-def generation_row(cfg: ExperimentConfig, loaded: LoadedModel, batch_size: int, sampling: SamplingSetting | None,
-                   device: torch.device) -> dict[str, Any]:
-    """Time ``generate`` on ``batch_size`` prompts, forced to exactly ``bench.max_new_tokens`` new tokens each."""
-    b = cfg.bench
-    images, prompts = generation_inputs(cfg, loaded, batch_size)
-    config = loaded.model.generation_config
-    name = f"generate bs={batch_size}" if sampling else f"explain bs={batch_size} (greedy)"
-    row: dict[str, Any] = {
-        "row": name, "batch_size": batch_size, "sampling": to_dict(sampling) if sampling else "greedy",
-        "shape": {"image_side": b.image_side, "prompt_tokens": b.prompt_tokens, "new_tokens_per_sequence": b.max_new_tokens},
-    }
-    try:
-        config.min_new_tokens = min(WARMUP_NEW_TOKENS, b.max_new_tokens)  # no early end token in any call
-        generate(loaded, images, prompts, sampling, config.min_new_tokens, batch_size)
-        config.min_new_tokens = b.max_new_tokens
-        reset_peak_memory(device)
-        times = time_calls(lambda: generate(loaded, images, prompts, sampling, b.max_new_tokens, batch_size),
-                           device, 0, b.generation_steps)
-    except torch.OutOfMemoryError:
-        return {**row, "status": "out of memory", "peak_memory_gib": peak_memory_gib(device)}
-    finally:
-        config.min_new_tokens = None
-    step = median(times)
-    generated = batch_size * b.max_new_tokens
-    return {**row, "status": "ok", "steps": len(times), "step_times_s": times, "step_time_s": step,
-            "tokens_per_step": generated, "tokens_per_s": generated / step, "peak_memory_gib": peak_memory_gib(device)}

@@ -18,9 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from cme_vlm import atomic
-from cme_vlm.bench.rows import generation_row, training_row
+from cme_vlm.bench.generation_rows import generation_row
 from cme_vlm.bench.timing import memory_kind
 from cme_vlm.config import save_config
+from cme_vlm.console import folding_table
 from cme_vlm.errors import ConfigError
 from cme_vlm.models.loading import LoadedModel, load_model
 from cme_vlm.schema import ExperimentConfig
@@ -68,13 +69,17 @@ def _check(cfg: ExperimentConfig, steps: int) -> None:
 def _rows(cfg: ExperimentConfig, rows: list[str], steps: int, device: torch.device) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     jobs: list[Callable[[LoadedModel], list[dict[str, Any]]]] = []
-    for stage in (r for r in rows if r in ("sft", "dpo")):
-        jobs.append(lambda loaded, stage=stage: [training_row(stage, cfg, loaded, steps, device)])
+    training = [r for r in rows if r in ("sft", "dpo")]
+    if training:
+        # imported only here, so generation rows run where the training stack's trackers are not installed
+        from cme_vlm.bench.rows import training_row
+
+        jobs += [lambda loaded, stage=stage: [training_row(stage, cfg, loaded, steps, device)] for stage in training]
     if "generate" in rows:
         sampling = cfg.preference.sampling[0]  # the candidates' first setting, as in preference sampling
-        jobs.append(lambda loaded: [
-            *(generation_row(cfg, loaded, n, sampling, device) for n in cfg.bench.generation_batch_sizes),
+        jobs.append(lambda loaded: [  # explain first: its peak memory is then the model's and its own
             generation_row(cfg, loaded, 1, None, device),
+            *(generation_row(cfg, loaded, n, sampling, device) for n in cfg.bench.generation_batch_sizes),
         ])
     for job in jobs:
         loaded = _load(cfg, device)
@@ -92,24 +97,47 @@ def _shape_text(r: dict[str, Any]) -> str:
 
 
 def _table(report: dict[str, Any]) -> Table:
-    table = Table(title=f"cme-vlm bench: {report['model']} on {report['device']} "
-                        f"(medians of {report['steps']}; MFU against {report['peak_tflops']:g} TFLOP/s)")
-    for column in ("row", "step s", "tokens/s", "TFLOP/s", "MFU", "peak GiB", "shape"):
-        table.add_column(column, justify="left" if column in ("row", "shape") else "right")
+    numbers = ("step s", "tokens/s", "decode ms", "TFLOP/s", "MFU", "peak GiB")
+    table = folding_table(f"cme-vlm bench: {report['model']} on {report['device']} (medians of {report['steps']}; "
+                          f"MFU against {report['peak_tflops']:g} TFLOP/s)", "row", *numbers, "shape", right=numbers)
     for r in report["rows"]:
         if r["status"] != "ok":
-            table.add_row(r["row"], r["status"], "-", "-", "-", f"{r['peak_memory_gib']:.2f}", _shape_text(r))
+            table.add_row(r["row"], r["status"], "-", "-", "-", "-", f"{r['peak_memory_gib']:.2f}", _shape_text(r))
             continue
-        flops = r.get("flops_per_s")
+        flops, decode = r.get("flops_per_s"), r.get("decode_step_s")
         table.add_row(
-            r["row"], f"{r['step_time_s']:.4f}", f"{r['tokens_per_s']:,.0f}", f"{flops / 1e12:.4f}" if flops else "-",
+            r["row"], f"{r['step_time_s']:.4f}", f"{r['tokens_per_s']:,.0f}",
+            f"{1000 * decode:.3f}" if decode is not None else "-", f"{flops / 1e12:.4f}" if flops else "-",
             f"{100 * r['mfu']:.2g}%" if "mfu" in r else "-", f"{r['peak_memory_gib']:.2f}", _shape_text(r),
         )
     return table
 
 
-def run_bench(cfg: ExperimentConfig, out: Path | None = None, steps: int = 10, only: str | None = None) -> dict[str, Any]:
-    """Time the selected rows (``sft``, ``dpo``, ``generate``); write ``out/bench.json`` and the config."""
+def _record_memory(cfg: ExperimentConfig, out: Path | None) -> dict[str, Any]:
+    # imported only here, like the training rows: the fake-tensor machinery loads the training stack
+    from cme_vlm.bench.memory import record_step_memory, user_measurements
+
+    folder = Path(out) if out else user_measurements()
+    measured = record_step_memory(cfg, folder=folder)
+    numbers = ("peak", "weights", "grads", "optim.", "activ.")
+    table = folding_table(f"peak memory of one training step in GiB, measured on fake tensors ({cfg.model.name})",
+                          "stage", *numbers, "kept in", right=numbers)
+    for m in measured:
+        table.add_row(m.stage, f"{m.peak / 2**30:.1f}", *(f"{m.parts.get(k, 0) / 2**30:.1f}" for k in
+                      ("weights", "gradients", "optimizer", "activations")), str(folder / f"{m.stage}-{m.key}.json"))
+    console.print(table)
+    return {"memory": [m.as_dict() for m in measured]}
+
+
+def run_bench(cfg: ExperimentConfig, out: Path | None = None, steps: int = 10, only: str | None = None,
+              memory: bool = False) -> dict[str, Any]:
+    """Time the selected rows (``sft``, ``dpo``, ``generate``); write ``out/bench.json`` and the config.
+
+    ``memory``: instead, measure one SFT and one DPO step's peak memory on fake tensors and keep it
+    for the dry-run (in ``out``, else the user's measurements folder; ``cme_vlm.bench.memory``).
+    """
+    if memory:
+        return _record_memory(cfg, out)
     _check(cfg, steps)
     rows = _selected(only)
     device = bench_device()

@@ -1,10 +1,14 @@
 """Frames and masks from disk: samples, loaders for a manifest or the DSAD layout, validation, splits.
 
-A manifest (CSV or JSONL) has one row per frame with the columns ``frame, masks, procedure,
-side, phase``; ``masks`` is a JSON object ``{"structure": "mask path"}``. A CSV may instead
-give one ``mask_<structure>`` column per structure (an empty cell: no mask). Paths are relative
-to the data root, or absolute. Several rows for the same frame are merged; the same
-(frame, structure) twice is a duplicate. Masks are 8-bit PNGs ("L" or "1") with values 0/255.
+A manifest (CSV or JSONL, UTF-8 with or without a byte-order mark) has one row per frame with
+the columns ``frame, masks, procedure, side, phase``; ``masks`` is a JSON object
+``{"structure": "mask path"}``. A CSV may instead give one ``mask_<structure>`` column per
+structure (an empty cell: no mask). Paths are relative to the data root, or absolute. Several
+rows for the same frame are merged; the same (frame, structure) twice is a duplicate. A mask is a
+single-channel image with two values, 0 the background: 0/255, 0/1, mode "1", 16-bit 0/65535.
+
+The loaders record a wrong row or file in ``Problems`` and go on, so one run finds every problem;
+only a manifest or folder that cannot be read at all raises at once.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from cme_vlm.anatomy import Anatomy
+from cme_vlm.data.validation import Problems
 from cme_vlm.errors import DataError
 from cme_vlm.schema import Side
 
@@ -30,6 +35,8 @@ log = logging.getLogger(__name__)
 MANIFEST_COLUMNS = ("frame", "masks", "procedure", "side", "phase")
 SPLITS = ("train", "val", "test")
 _FRAME_MODES = {"RGB", "RGBA", "L", "P"}
+_MASK_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N"}  # one channel: 1-, 8-, 16- or 32-bit
+_MASK_FIX = "Save it as a single-channel 8-bit PNG with 0 for background and 255 for the structure."
 
 
 @dataclass
@@ -46,6 +53,14 @@ class FrameSample:
 
     def __post_init__(self) -> None:
         self.name = self.name or self.frame.as_posix()
+
+    def add_mask(self, key: str, mask: Path, where: str) -> None:
+        """Add the mask of structure ``key``; the structure twice on one frame is a duplicate."""
+        if key in self.masks:
+            raise DataError(
+                f"{where}: duplicate record, frame '{self.name}' already has a '{key}' mask ({self.where}). Remove one."
+            )
+        self.masks[key] = mask
 
 
 def _open(path: Path, what: str) -> Image.Image:
@@ -69,27 +84,30 @@ def read_frame(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path, frame_shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """A binary mask ([H, W] bool) from an 8-bit PNG with values 0/255; checked against the frame's size."""
+    """A binary mask ([H, W] bool) from a single-channel image with two values, 0 the background.
+
+    0/255, 0/1, mode "1" and 16-bit 0/65535 all qualify; the size is checked against ``frame_shape``.
+    """
     path = Path(path)
     image = _open(path, "mask")
-    fix = "Save it as a single-channel 8-bit PNG with 0 for background and 255 for the structure."
-    if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
-        raise DataError(f"mask '{path}' is {image.mode} (16/32-bit), not 8-bit. {fix}")
-    if image.mode not in {"L", "1"}:
-        raise DataError(f"mask '{path}' has image mode {image.mode} (colour or alpha channels). {fix}")
-    values = np.asarray(image.convert("L"))
-    extra = np.setdiff1d(np.unique(values), [0, 255])
-    if extra.size:
-        raise DataError(f"mask '{path}' is not binary: it holds values {extra[:5].tolist()} besides 0 and 255. {fix}")
+    if image.mode not in _MASK_MODES:
+        raise DataError(f"mask '{path}' has image mode {image.mode} (colour, palette or alpha channels). {_MASK_FIX}")
+    values = np.asarray(image)
     if frame_shape is not None and values.shape != tuple(frame_shape[:2]):
         raise DataError(
             f"mask '{path}' is {values.shape[1]}x{values.shape[0]} but its frame is {frame_shape[1]}x{frame_shape[0]} "
             "(width x height). Resize the mask with nearest-neighbour to the frame's size."
         )
-    mask = values == 255
-    if not mask.any():
+    levels = np.unique(values).astype(np.int64)
+    if levels.tolist() == [0]:
         raise DataError(f"mask '{path}' is empty (all 0). Remove it from the manifest or redraw the annotation.")
-    return mask
+    if levels.size != 2 or levels[0] != 0:
+        shown = ", ".join(map(str, levels[:5].tolist())) + (", ..." if levels.size > 5 else "")
+        raise DataError(
+            f"mask '{path}' is not binary: it holds {levels.size} value(s) ({shown}), "
+            f"not two with 0 for background. {_MASK_FIX}"
+        )
+    return values != 0
 
 
 def _side(value: Any, where: str) -> str:
@@ -114,26 +132,34 @@ def _masks_of(row: dict[str, Any], where: str) -> dict[str, str]:
 
 
 def _missing_columns(columns: Iterable[str]) -> list[str]:
-    """Required columns absent from ``columns``; ``mask_<structure>`` columns stand in for ``masks``."""
+    """Required columns absent from a CSV header; ``mask_<structure>`` columns stand in for ``masks``."""
     columns = set(columns)
     has_mask_columns = any(c.startswith("mask_") for c in columns)
     return [c for c in MANIFEST_COLUMNS if c not in columns and not (c == "masks" and has_mask_columns)]
 
 
-def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(where, row) for each row of a CSV or JSONL manifest."""
+def _json_row(line: str, where: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where} is not valid JSON ({e}). Fix that line.") from e
+    if not isinstance(row, dict):
+        raise DataError(f"{where} is not a JSON object. Write one object a line with {', '.join(MANIFEST_COLUMNS)}.")
+    return row
+
+
+def _read_rows(path: Path, problems: Problems) -> list[tuple[str, dict[str, Any]]]:
+    """(where, row) for each row of a CSV or JSONL manifest; a JSONL line that is not an object is a problem."""
     if not path.is_file():
         raise DataError(f"manifest '{path}' does not exist. Set data.manifest to your CSV or JSONL file.")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's "CSV UTF-8" starts with a byte-order mark
+    except UnicodeDecodeError as e:
+        raise DataError(f"manifest '{path}' is not UTF-8 text ({e}). Save it as UTF-8 (\"CSV UTF-8\" in a spreadsheet).") from e
     if path.suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((f"manifest '{path}' line {i}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"manifest '{path}' line {i} is not valid JSON ({e}). Fix that line.") from e
-        return rows
+        lines = [(f"manifest '{path}' line {i}", line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+        rows = [(where, problems.attempt("manifest row", where, _json_row, line, where)) for where, line in lines]
+        return [(where, row) for where, row in rows if row is not None]
     if path.suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
         if missing := _missing_columns(reader.fieldnames or []):
@@ -142,76 +168,98 @@ def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     raise DataError(f"manifest '{path}' must end in .csv or .jsonl.")
 
 
-def load_manifest(path: str | Path, root: str | Path, anatomy: Anatomy) -> list[FrameSample]:
-    """Frame samples listed in a CSV or JSONL manifest; paths are resolved against ``root``."""
+def _add_row(samples: dict[str, FrameSample], where: str, row: dict[str, Any], root: Path, anatomy: Anatomy,
+             problems: Problems) -> None:
+    """Merge one manifest row into ``samples``; each of its masks is checked on its own."""
+    if None in row:  # csv.DictReader's key for cells beyond the header
+        raise DataError(f"{where} has more cells than the header. Quote cells that hold commas.")
+    if missing := [c for c in MANIFEST_COLUMNS if c != "masks" and row.get(c) in (None, "")]:
+        raise DataError(f"{where} lacks column(s) {', '.join(missing)}. Required: {', '.join(MANIFEST_COLUMNS)}.")
+    name, masks = str(row["frame"]), _masks_of(row, where)
+    listed = FrameSample(str(row["procedure"]), root / name, {}, _side(row["side"], where), str(row["phase"]), name, where)
+    sample = samples.setdefault(name, listed)
+    if (sample.procedure, sample.side, sample.phase) != (listed.procedure, listed.side, listed.phase):
+        raise DataError(
+            f"{where}: frame '{name}' is listed before ({sample.where}) with another procedure, side or phase. Keep one."
+        )
+    for structure, mask in masks.items():
+        key = problems.attempt("manifest row", where, anatomy.resolve, structure, where)
+        if key is not None:
+            problems.attempt("manifest row", where, sample.add_mask, key, root / mask, where)
+
+
+def load_manifest(path: str | Path, root: str | Path, anatomy: Anatomy, problems: Problems) -> list[FrameSample]:
+    """Frame samples listed in a CSV or JSONL manifest; paths are resolved against ``root``.
+
+    A wrong row or mask entry goes to ``problems`` and is left out; an unreadable manifest raises.
+    """
     path, root = Path(path), Path(root)
     samples: dict[str, FrameSample] = {}
-    for where, row in _read_rows(path):
-        if missing := _missing_columns(row):
-            raise DataError(f"{where} lacks column(s) {', '.join(missing)}. Required: {', '.join(MANIFEST_COLUMNS)}.")
-        name = str(row["frame"])
-        masks = {anatomy.resolve(s, source=where): root / p for s, p in _masks_of(row, where).items()}
-        listed = FrameSample(str(row["procedure"]), root / name, {}, _side(row["side"], where), str(row["phase"]), name, where)
-        sample = samples.setdefault(name, listed)
-        if (sample.procedure, sample.side, sample.phase) != (listed.procedure, listed.side, listed.phase):
-            raise DataError(
-                f"{where}: frame '{name}' is listed before ({sample.where}) with another procedure, side or phase. Keep one."
-            )
-        for key, mask in masks.items():
-            if key in sample.masks:
-                raise DataError(f"{where}: duplicate record, frame '{name}' already has a '{key}' mask ({sample.where}). Remove one.")
-            sample.masks[key] = mask
-    if not samples:
+    for where, row in _read_rows(path, problems):
+        problems.attempt("manifest row", where, _add_row, samples, where, row, root, anatomy, problems)
+    if not samples and not problems:
         raise DataError(f"manifest '{path}' lists no frames. Add one row per frame.")
-    return list(samples.values())
+    return [s for s in samples.values() if s.masks]
 
 
-def _dsad_pairs(folder: Path) -> list[tuple[Path, Path]]:
-    """(imageNN.png, maskNN.png) pairs of one DSAD patient folder."""
-    pairs = []
-    for mask in sorted(folder.glob("mask*.png")):
-        image = folder / mask.name.replace("mask", "image", 1)
-        if not image.is_file():
-            raise DataError(f"DSAD mask '{mask}' has no frame '{image.name}' beside it. Restore the frame or remove the mask.")
-        pairs.append((image, mask))
-    for image in sorted(folder.glob("image*.png")):
-        if not (folder / image.name.replace("image", "mask", 1)).is_file():
-            raise DataError(f"DSAD frame '{image}' has no mask beside it. Restore the mask or remove the frame.")
-    return pairs
+def _dsad_pairs(folder: Path, problems: Problems) -> list[tuple[Path, Path]]:
+    """(imageNN.png, maskNN.png) pairs of one DSAD patient folder; a file without its partner is a problem."""
+    images = {p.name.removeprefix("image"): p for p in folder.glob("image*.png")}
+    masks = {p.name.removeprefix("mask"): p for p in folder.glob("mask*.png")}
+    for number in sorted(masks.keys() - images.keys()):
+        problems.add("DSAD file", masks[number], f"DSAD mask '{masks[number]}' has no frame 'image{number}' beside it. "
+                     "Restore the frame or remove the mask.")
+    for number in sorted(images.keys() - masks.keys()):
+        problems.add("DSAD file", images[number], f"DSAD frame '{images[number]}' has no mask beside it. "
+                     "Restore the mask or remove the frame.")
+    return [(images[n], masks[n]) for n in sorted(images.keys() & masks.keys())]
 
 
-def load_dsad(root: str | Path, anatomy: Anatomy, side: Side | str, phase: str) -> list[FrameSample]:
+def _dsad_skip_reason(folder: str, anatomy: Anatomy) -> str | None:
+    """Why a top-level DSAD folder is not read, or None when it holds a registry structure."""
+    if folder == "multilabel":
+        return "multi-organ masks; the single-structure folders are read instead"
+    if folder.startswith("anno_"):
+        return "per-annotator masks; the structure folders' masks are read instead"
+    if anatomy.lookup(folder) is None:
+        return "no structure in the registry; add synonyms to the registry to use it"
+    return None
+
+
+def _add_dsad_folder(samples: dict[tuple[str, str], FrameSample], patient: Path, key: str, root: Path,
+                     side: str, phase: str, problems: Problems) -> None:
+    """Add one patient's frames of structure ``key``; a frame already seen (same pixels) gets this mask too."""
+    procedure = f"dsad_{int(patient.name):02d}"
+    for image, mask in _dsad_pairs(patient, problems):
+        digest = hashlib.sha256(image.read_bytes()).hexdigest()[:16]
+        listed = FrameSample(procedure, image, {}, side, phase, image.relative_to(root).as_posix(), str(image))
+        sample = samples.setdefault((procedure, digest), listed)
+        problems.attempt("DSAD file", image, sample.add_mask, key, mask, f"DSAD frame '{image}' (same pixels as another)")
+
+
+def load_dsad(root: str | Path, anatomy: Anatomy, side: Side | str, phase: str, problems: Problems) -> list[FrameSample]:
     """Frame samples from the Dresden Surgical Anatomy Dataset layout ``<structure>/<patient>/imageNN.png + maskNN.png``.
 
-    Structure folders map to registry keys through the registry's synonyms; folders that map
-    to nothing are skipped and listed in one notice. ``anno_*``, ``multilabel`` and files at the
-    top level (``weak_labels.csv``) are ignored. A frame found in several structure folders
-    (identical bytes in one patient's folders) becomes one sample with several masks.
+    Structure folders map to registry keys through the registry's synonyms. The folders not
+    read (no registry structure, ``multilabel``, ``anno_*``) are listed with the reason in one
+    notice; files at the top level (``weak_labels.csv``) are ignored. A frame found in several
+    structure folders (identical bytes in one patient's folders) becomes one sample with several masks.
     """
     root, side = Path(root), _side(side.value if isinstance(side, Side) else side, "data.dsad_side")
     if not root.is_dir():
         raise DataError(f"DSAD root '{root}' is not a folder. Set data.root to the dataset's top folder.")
     samples: dict[tuple[str, str], FrameSample] = {}
-    skipped = []
+    skipped: dict[str, list[str]] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        if folder.name.startswith("anno_") or folder.name == "multilabel":
+        if reason := _dsad_skip_reason(folder.name, anatomy):
+            skipped.setdefault(reason, []).append(folder.name)
             continue
-        key = anatomy.lookup(folder.name)
-        if key is None:
-            skipped.append(folder.name)
-            continue
+        key = anatomy.resolve(folder.name)
         for patient in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()):
-            procedure = f"dsad_{int(patient.name):02d}"
-            for image, mask in _dsad_pairs(patient):
-                digest = hashlib.sha256(image.read_bytes()).hexdigest()[:16]
-                name = image.relative_to(root).as_posix()
-                sample = samples.setdefault((procedure, digest), FrameSample(procedure, image, {}, side, phase, name, str(image)))
-                if key in sample.masks:
-                    raise DataError(f"DSAD frame '{image}' duplicates '{sample.frame}' for '{key}' (same pixels). Remove one.")
-                sample.masks[key] = mask
+            _add_dsad_folder(samples, patient, key, root, side, phase, problems)
     if skipped:
-        log.warning("DSAD folders with no structure in the registry, skipped: %s. Add synonyms to the registry to use them.", ", ".join(skipped))
-    if not samples:
+        log.warning("DSAD folders skipped: %s.", "; ".join(f"{', '.join(names)} ({why})" for why, names in skipped.items()))
+    if not samples and not problems:
         raise DataError(f"DSAD root '{root}' holds no frames of registry structures. Check the path and the registry's synonyms.")
     return list(samples.values())
 

@@ -1,8 +1,10 @@
 """The data stage: write synthetic frames and masks; turn frames and masks into instruction records.
 
 ``build`` reads a frames-and-masks source (``data.source``: the synthetic tree's manifest, your
-own manifest, or the DSAD layout), checks every frame and mask before writing anything, and
-saves one record per (frame, structure) with ``cme_vlm.data.records.RECORD_FEATURES``.
+own manifest, or the DSAD layout), checks every row, frame and mask before writing anything, and
+saves one record per (frame, structure) with ``cme_vlm.data.records.RECORD_FEATURES``. Every
+problem found is listed in ``out/invalid.csv``; then the build stops (``data.on_invalid: stop``,
+the file is all it writes) or goes on without the inputs at fault (``skip``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,11 @@ from cme_vlm.data.overlay import visual_prompt
 from cme_vlm.data.prompts import student_prompt
 from cme_vlm.data.records import RECORD_FEATURES, record_id, save_dataset
 from cme_vlm.data.synthetic import MANIFEST_NAME, write_synthetic_tree
+from cme_vlm.data.validation import Problems, problem_summary, write_problems
 from cme_vlm.errors import DataError
-from cme_vlm.schema import DataSource, ExperimentConfig
+from cme_vlm.schema import DataSource, ExperimentConfig, OnInvalid
+
+INVALID_FILE = "invalid.csv"
 
 console = Console(stderr=True)
 
@@ -54,13 +60,13 @@ def _find_manifest(cfg: ExperimentConfig, frames: Path) -> Path:
     raise DataError(f"no manifest.jsonl or manifest.csv in '{frames}'; {hint}.")
 
 
-def load_samples(cfg: ExperimentConfig, frames: str | Path, anatomy: Anatomy) -> list[FrameSample]:
-    """The frame samples of ``cfg.data.source``; ``data.root`` (if set) wins over ``frames``."""
+def load_samples(cfg: ExperimentConfig, frames: str | Path, anatomy: Anatomy, problems: Problems) -> list[FrameSample]:
+    """The frame samples of ``cfg.data.source``; ``data.root`` (if set) wins over ``frames``; wrong rows go to ``problems``."""
     frames = Path(frames)
     if cfg.data.source == DataSource.dsad:
-        return load_dsad(cfg.data.root or frames, anatomy, cfg.data.dsad_side, cfg.data.dsad_phase)
+        return load_dsad(cfg.data.root or frames, anatomy, cfg.data.dsad_side, cfg.data.dsad_phase, problems)
     manifest = _find_manifest(cfg, frames)
-    return load_manifest(manifest, cfg.data.root or manifest.parent, anatomy)
+    return load_manifest(manifest, cfg.data.root or manifest.parent, anatomy, problems)
 
 
 def _png(array: np.ndarray) -> dict[str, Any]:
@@ -91,14 +97,38 @@ def _records(cfg: ExperimentConfig, samples: list[FrameSample], splits: dict[str
         progress.advance(task)
 
 
-def _check_all(samples: list[FrameSample], progress: Progress) -> None:
-    """Read every frame and mask before anything is written, so bad input leaves no output."""
-    task = progress.add_task("checking frames and masks", total=len(samples))
-    for sample in samples:
-        shape = read_frame(sample.frame).shape
-        for mask in sample.masks.values():
-            read_mask(mask, shape)
-        progress.advance(task)
+def _readable(samples: list[FrameSample], problems: Problems) -> list[FrameSample]:
+    """The samples whose frame reads, each with the masks that read; every other file goes to ``problems``.
+
+    A mask is checked even when its frame is not (without the size check), so one run finds both.
+    """
+    kept = []
+    with Progress(console=console, transient=True) as progress:
+        for sample in progress.track(samples, description="checking frames and masks"):
+            frame = problems.attempt("frame", sample.frame, read_frame, sample.frame)
+            shape = None if frame is None else frame.shape
+            masks = {k: m for k, m in sample.masks.items() if problems.attempt("mask", m, read_mask, m, shape) is not None}
+            if frame is not None and masks:
+                kept.append(replace(sample, masks=masks))
+    return kept
+
+
+def _report(problems: Problems, out: Path, on_invalid: OnInvalid, kept: int) -> None:
+    """List every problem in ``out/invalid.csv`` and on screen; stop unless ``skip`` leaves frames to build from."""
+    path = out / INVALID_FILE
+    if not problems:
+        path.unlink(missing_ok=True)  # a list from an earlier run would describe inputs since fixed
+        return
+    write_problems(problems, path)
+    console.print(problem_summary(problems, path))
+    if on_invalid is OnInvalid.skip and kept:
+        console.print(f"[yellow]left out the {len(problems)} input(s) listed in {path}; building from the {kept} valid frames[/]")
+        return
+    fix = "Fix them and re-run" + (", or set data.on_invalid=skip to build from the valid rows only" if kept else "")
+    raise DataError(
+        f"{len(problems)} problem(s) in the frames and masks, all listed in '{path}'; the first: "
+        f"{problems.found[0].message} {fix}." + ("" if kept else " No valid frame is left to build from.")
+    )
 
 
 def _summary(ds: Dataset) -> Table:
@@ -115,11 +145,11 @@ def _summary(ds: Dataset) -> Table:
 
 def build(cfg: ExperimentConfig, frames: str | Path, out: str | Path) -> Path:
     """Frames and masks -> instruction dataset without answers, saved in ``out/dataset`` with ``out/config.yaml``."""
-    anatomy = Anatomy(cfg.anatomy)
-    samples = sorted(load_samples(cfg, frames, anatomy), key=lambda s: (s.procedure, s.name))
+    anatomy, problems = Anatomy(cfg.anatomy), Problems()
+    samples = _readable(sorted(load_samples(cfg, frames, anatomy, problems), key=lambda s: (s.procedure, s.name)), problems)
+    _report(problems, Path(out), cfg.data.on_invalid, len(samples))
     splits = split_by_procedure((s.procedure for s in samples), cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
     with Progress(console=console, transient=True) as progress, tempfile.TemporaryDirectory(prefix="cme-vlm-build-") as tmp:
-        _check_all(samples, progress)
         arrow = str(Path(tmp) / "records.arrow")
         # stream records to an Arrow file, so memory stays flat however many frames there are
         with ArrowWriter(features=RECORD_FEATURES, path=arrow) as writer:

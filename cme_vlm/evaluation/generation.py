@@ -55,6 +55,8 @@ def model_fingerprint(cfg: ExperimentConfig, spec: ModelSpec) -> str:
         weights: Any = _file_signature(folder)
     else:
         weights = {"model": fingerprint(cfg.model, cfg.anatomy, cfg.data.prompts), "seed": cfg.seed}
+    # what is decoded, not how: batch size, KV cache and compilation (``generation``) change only the
+    # floating-point order of the same greedy computation, so answers made either way stay valid
     settings = {"decoding": "greedy", "max_new_tokens": cfg.eval.max_new_tokens, "family": cfg.model.family.value}
     blob = json.dumps({"weights": weights, "settings": settings}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -104,15 +106,18 @@ def generate_answers(cfg: ExperimentConfig, spec: ModelSpec, test: Dataset, fold
     ids = test["id"]
     todo = [i for i, (rid, key) in enumerate(zip(ids, keys, strict=True)) if cached.get(rid, {}).get("input") != key]
     if todo:
-        from cme_vlm.models.generation import generate
+        from cme_vlm.models.generation import generate, length_order
         from cme_vlm.models.loading import load_model
 
         # a copy: transformers fills defaults into nested architecture dicts in place, which would move the fingerprint
         loaded = load_model(copy.deepcopy(cfg), spec.path)
+        prompts = test["prompt"]
+        todo = [todo[j] for j in length_order(loaded, [prompts[i] for i in todo])]  # batches of similar length
         for batch in _batches(todo, cfg.eval.batch_size):
             rows = test.select(batch)
             images = [_rgb(img) for img in rows["overlay"]]
-            answers = generate(loaded, images, rows["prompt"], None, cfg.eval.max_new_tokens, cfg.eval.batch_size)
+            answers = generate(loaded, images, rows["prompt"], cfg.eval.max_new_tokens, cfg.eval.batch_size,
+                               cfg.generation)
             for i, answer in zip(batch, answers, strict=True):
                 line = {"id": ids[i], "input": keys[i], "fingerprint": fp, "model": spec.name, "answer": answer}
                 atomic.append_jsonl(path, line)  # one line per answer: a crash loses at most a batch

@@ -1,7 +1,8 @@
 """Render ``metrics.json`` as ``report.md`` and a self-contained ``report.html`` (chart and images inlined).
 
 The main table follows the paper's Table 1: models as columns (Base / SFT / DPO), metrics as
-rows, mean ± std; expert rows appear once an expert sheet has been imported.
+rows, mean ± std; expert rows, and the judge's agreement with the experts, appear once an
+expert sheet has been imported.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from cme_vlm import atomic  # noqa: E402
 from cme_vlm.errors import DataError  # noqa: E402
-from cme_vlm.evaluation.scoring import METRICS  # noqa: E402
+from cme_vlm.evaluation.scorecard import METRICS  # noqa: E402
 
 METRICS_FILENAME = "metrics.json"
 GALLERY_DIRNAME = "gallery"
@@ -58,6 +59,45 @@ def main_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         rows.append([f"Preferred model (count of {expert['n_cases']})",
                      *(str(expert["preferred"].get(m, 0)) for m in models)])
     return header, rows
+
+
+def _interval(low: float | None, high: float | None, fmt: str) -> str:
+    return "" if low is None or high is None else f" [{low:{fmt}}, {high:{fmt}}]"
+
+
+def _rank_row(label: str, structure: str, r: dict[str, Any]) -> list[str]:
+    rho = "undefined (one side's scores all equal)" if r["rho"] is None else f"{r['rho']:.2f}"
+    return [label, structure, f"{r['n_cases']} ({r['n_answers']} answers)",
+            rho + _interval(r["ci_low"], r["ci_high"], ".2f")]
+
+
+def _preferred_row(structure: str, r: dict[str, Any]) -> list[str]:
+    value = "no case with an expert preference" if r["rate"] is None else f"{r['agree']} of {r['n_cases']} ({r['rate']:.0%})"
+    return ["Preferred model: the judge's top-scored among the expert's", structure, str(r["n_cases"]),
+            value + _interval(r["ci_low"], r["ci_high"], ".0%")]
+
+
+def agreement_table(agreement: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Judge–expert agreement (``cme_vlm.evaluation.agreement``): overall, then per structure."""
+    header = ["Comparison", "Structure", "Cases", f"Agreement [{agreement['method']['confidence']:.0%} CI]"]
+    rows = []
+    for expert, c in agreement["criteria"].items():
+        label = f"Expert {expert} vs judge {c['judge']}: Spearman ρ"
+        rows += [_rank_row(label, "all", c["overall"]),
+                 *(_rank_row(label, s.replace("_", " "), r) for s, r in c["per_structure"].items())]
+    pref = agreement["preferred"]
+    rows += [_preferred_row("all", pref["overall"]),
+             *(_preferred_row(s.replace("_", " "), r) for s, r in pref["per_structure"].items())]
+    return header, rows
+
+
+def agreement_notes(agreement: dict[str, Any]) -> list[str]:
+    """How the agreement was measured, and which judge scores the sheet gives nothing to compare with."""
+    m = agreement["method"]
+    return [f"Rank correlation: {m['rank_correlation']} ({m['resamples']} resamples, seed {m['seed']}).",
+            f"Preferred model: {m['preferred']}.",
+            "Judge scores with no expert counterpart on the sheet (the expert gives one overall score), not compared: "
+            + (", ".join(agreement["judge_only_criteria"]) or "none") + "."]
 
 
 def structure_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -121,8 +161,12 @@ def render_markdown(metrics: dict[str, Any]) -> str:
     parts = [f"# Evaluation: {p['experiment']}", ""]
     if p["caveat"]:
         parts += [f"> **Note.** {p['caveat']}", ""]
-    parts += ["## Results (Table 1)", "", _md_table(*main_table(metrics)), "",
-              "## Per structure", "", _md_table(*structure_table(metrics)), "", f"![per structure]({CHART_FILENAME})", "",
+    parts += ["## Results (Table 1)", "", _md_table(*main_table(metrics)), ""]
+    agreement = metrics.get("expert", {}).get("agreement")
+    if agreement:
+        parts += ["## Judge–expert agreement", "", _md_table(*agreement_table(agreement)), "",
+                  *(f"- {line}" for line in agreement_notes(agreement)), ""]
+    parts += ["## Per structure", "", _md_table(*structure_table(metrics)), "", f"![per structure]({CHART_FILENAME})", "",
               "## Paired tests (Wilcoxon signed-rank)", "", *(f"- {t['verdict']}" for t in metrics["tests"]), "",
               "## Provenance", "", *(f"- {line}" for line in provenance_lines(metrics)), "", "## Gallery", ""]
     for case in (c for c in metrics["cases"] if c["gallery"]):
@@ -157,8 +201,12 @@ def render_html(metrics: dict[str, Any], folder: Path, chart: bytes) -> str:
              f"<style>{STYLE}</style></head><body><h1>Evaluation: {e(p['experiment'])}</h1>"]
     if p["caveat"]:
         parts.append(f"<p class='note'><b>Note.</b> {e(p['caveat'])}</p>")
-    parts += ["<h2>Results (Table 1)</h2>", _html_table(*main_table(metrics)),
-              "<h2>Per structure</h2>", _html_table(*structure_table(metrics)),
+    parts += ["<h2>Results (Table 1)</h2>", _html_table(*main_table(metrics))]
+    agreement = metrics.get("expert", {}).get("agreement")
+    if agreement:
+        parts += ["<h2>Judge–expert agreement</h2>", _html_table(*agreement_table(agreement)),
+                  "<ul>", *(f"<li>{e(line)}</li>" for line in agreement_notes(agreement)), "</ul>"]
+    parts += ["<h2>Per structure</h2>", _html_table(*structure_table(metrics)),
               f"<img alt='LLM judge per structure' src='{_data_uri(chart)}'>",
               "<h2>Paired tests (Wilcoxon signed-rank)</h2><ul>",
               *(f"<li>{e(t['verdict'])}</li>" for t in metrics["tests"]), "</ul>",

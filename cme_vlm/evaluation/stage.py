@@ -1,8 +1,9 @@
-"""The evaluation stage: generate on the test split with base/SFT/DPO, score, write metrics and the report."""
+"""The evaluation stage: generate on the test split with base/SFT/DPO, score; write metrics, report and W&B run."""
 
 from __future__ import annotations
 
 import io
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,24 +15,36 @@ from cme_vlm import atomic
 from cme_vlm.config import save_config
 from cme_vlm.data.records import load_dataset
 from cme_vlm.errors import ConfigError
-from cme_vlm.evaluation.generation import ModelSpec, generate_answers, model_fingerprint, select_test_split
-from cme_vlm.evaluation.judge import make_judge
+from cme_vlm.evaluation.generation import (
+    ModelSpec,
+    generate_answers,
+    model_fingerprint,
+    select_test_split,
+)
 from cme_vlm.evaluation.report import GALLERY_DIRNAME, METRICS_FILENAME, write_report
-from cme_vlm.evaluation.scoring import paired_tests, score_answers, summarise_model
+from cme_vlm.evaluation.scorecard import paired_tests, score_answers, summarise_model
+from cme_vlm.evaluation.tracking import log_evaluation
 from cme_vlm.schema import DataSource, ExperimentConfig
+from cme_vlm.scoring.judge import make_judge
 
 console = Console(stderr=True)
 KNOWN_MODELS = ("base", "sft", "dpo")
 
 
-def model_specs(cfg: ExperimentConfig, sft: Path | None, dpo: Path | None) -> list[ModelSpec]:
-    """The models ``eval.models`` asks for; an SFT or DPO folder that does not exist is left out."""
+def model_specs(cfg: ExperimentConfig, sft: Path | None, dpo: Path | None,
+                later_rounds: dict[str, Path] | None = None) -> list[ModelSpec]:
+    """The models ``eval.models`` asks for (``dpo`` brings its later preference rounds, ``dpo_r2`` …).
+
+    An SFT or DPO folder that does not exist is left out.
+    """
     unknown = [m for m in cfg.eval.models if m not in KNOWN_MODELS]
     if unknown:
         raise ConfigError(f"eval.models has unknown entries {unknown}; choose from {', '.join(KNOWN_MODELS)}.")
     folders = {"sft": sft, "dpo": dpo}
+    names = [m for name in cfg.eval.models for m in ([name, *(later_rounds or {})] if name == "dpo" else [name])]
+    folders.update(later_rounds or {})
     specs = []
-    for name in cfg.eval.models:
+    for name in names:
         if name == "base":
             specs.append(ModelSpec("base"))
         elif folders[name] and (Path(folders[name]) / "config.json").is_file():
@@ -86,14 +99,17 @@ def _save_gallery(test: Dataset, out: Path, n: int) -> dict[str, str]:
 
 
 def evaluate(cfg: ExperimentConfig, dataset: Path, sft: Path | None = None, dpo: Path | None = None,
-             out: Path | None = None) -> Path:
-    """Write ``generations/``, ``metrics.json``, ``report.md``, ``report.html`` and the config into ``out``."""
+             out: Path | None = None, **later_rounds: Path) -> Path:
+    """Write ``generations/``, ``metrics.json``, ``report.md``, ``report.html``, the config and a W&B run into ``out``.
+
+    ``later_rounds``: the DPO models of preference rounds 2, 3 … as ``dpo_r2=…`` (``preference.rounds``).
+    """
     if out is None:
         raise ConfigError("evaluate needs an output folder (--out).")
     out = Path(out)
     ds = load_dataset(dataset, "--dataset")
     test = select_test_split(ds, cfg.eval.max_cases)
-    specs = model_specs(cfg, sft, dpo)
+    specs = model_specs(cfg, sft, dpo, later_rounds)
     rows = list(test.remove_columns(["overlay"]))  # decoded: masks as images for the judge
     judge = make_judge(cfg, workdir=out)
     scores, models = {}, {}
@@ -102,6 +118,7 @@ def evaluate(cfg: ExperimentConfig, dataset: Path, sft: Path | None = None, dpo:
         answers = generate_answers(cfg, spec, test, out)
         scores[spec.name] = score_answers(cfg, judge, rows, answers) | {"answer": answers}
         models[spec.name] = summarise_model(cfg, rows, answers, scores[spec.name])
+    _warn_missing_verdicts(scores)
     gallery = _save_gallery(test, out, cfg.eval.gallery_size)
     judge_name = f"{judge.name}:{judge.client.model}" if hasattr(judge, "client") else judge.name
     metrics = {
@@ -113,8 +130,18 @@ def evaluate(cfg: ExperimentConfig, dataset: Path, sft: Path | None = None, dpo:
     atomic.write_json(out / METRICS_FILENAME, metrics)
     write_report(out, metrics)
     save_config(cfg, out)
+    log_evaluation(cfg, out, metrics)
     console.print(f"report written to {out / 'report.html'}")
     return out
+
+
+def _warn_missing_verdicts(scores: dict[str, dict[str, list[Any]]]) -> None:
+    """Say how many answers the judge gave no verdict on for a final reason (their judge score is NaN)."""
+    missing = sum(math.isnan(v) for s in scores.values() for v in s["judge"])
+    if missing:
+        console.print(f"[yellow]{missing} judge verdict(s) are missing for a final reason (blocked, or off-schema after "
+                      "every retry; see judge_journal.jsonl): the judge's figures leave those answers out, and a "
+                      "re-run will not ask again.[/]")
 
 
 def _case(i: int, row: dict[str, Any], scores: dict[str, dict[str, list[Any]]], gallery: dict[str, str]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from cme_vlm.evaluation.metrics import Summary, summarise
+from cme_vlm.scoring.metrics import Summary, summarise
 
 
 @dataclass(frozen=True)

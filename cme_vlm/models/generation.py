@@ -1,12 +1,14 @@
-"""Batched generation with a loaded model: greedy, or seeded sampling from a ``SamplingSetting``."""
+"""Answers of a loaded model: prompts encoded in its chat format, batched by length, decoded from a shared prefix."""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterator, Sequence
+
 from PIL import Image
 
+from cme_vlm.models.decoding import Draw, SharedPrefix
 from cme_vlm.models.loading import LoadedModel
-from cme_vlm.schema import SamplingSetting
+from cme_vlm.schema import GenerationConfig
 
 
 def prompt_texts(loaded: LoadedModel, prompts: list[str]) -> list[str]:
@@ -17,48 +19,49 @@ def prompt_texts(loaded: LoadedModel, prompts: list[str]) -> list[str]:
     ]
 
 
-def _sampling_kwargs(settings: SamplingSetting | None) -> dict:
-    if settings is None:
-        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    return {
-        "do_sample": True,
-        "temperature": settings.temperature,
-        "top_p": settings.top_p,
-        "top_k": settings.top_k if settings.top_k > 0 else None,
-    }
+def length_order(loaded: LoadedModel, prompts: Sequence[str]) -> list[int]:
+    """Indices of ``prompts`` from the shortest chat prompt to the longest (ties keep their order).
+
+    Batches cut from this order carry little padding. Only the text is counted: the frames of one
+    dataset share their size, so their image tokens add the same number to every prompt.
+    """
+    if not prompts:  # a resumed stage may have nothing left to answer
+        return []
+    lengths = [len(ids) for ids in loaded.tokenizer(prompt_texts(loaded, list(prompts)))["input_ids"]]
+    return sorted(range(len(prompts)), key=lengths.__getitem__)
 
 
-@torch.no_grad()
+def length_batches(loaded: LoadedModel, prompts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
+    """Batches of at most ``batch_size`` indices of ``prompts``, each of prompts of similar length."""
+    order = length_order(loaded, prompts)
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def prefill(
+    loaded: LoadedModel, images: list[Image.Image], prompts: list[str], generation: GenerationConfig
+) -> SharedPrefix:
+    """Encode the (image, prompt) records (left-padded) and prefill them once for any number of draws."""
+    if len(images) != len(prompts):
+        raise ValueError(f"prefill got {len(images)} images but {len(prompts)} prompts")
+    loaded.processor.tokenizer.padding_side = "left"  # every row's answer starts at the same position
+    inputs = loaded.processor(text=prompt_texts(loaded, prompts), images=images, padding=True, return_tensors="pt")
+    return SharedPrefix(loaded, dict(inputs), generation)
+
+
 def generate(
     loaded: LoadedModel,
     images: list[Image.Image],
     prompts: list[str],
-    settings: SamplingSetting | None = None,
     max_new_tokens: int = 160,
     batch_size: int = 8,
+    generation: GenerationConfig | None = None,
 ) -> list[str]:
-    """One answer per (image, prompt): greedy when ``settings`` is None, else sampled with its seed.
-
-    Batches are left-padded so every sequence's answer starts at the same position. A sampled
-    run is reproducible: the generator is re-seeded from ``settings.seed`` once per call.
-    """
-    if len(images) != len(prompts):
-        raise ValueError(f"generate got {len(images)} images but {len(prompts)} prompts")
-    model, processor = loaded.model, loaded.processor
-    was_training = model.training
-    model.eval()
-    processor.tokenizer.padding_side = "left"
-    if settings is not None:
-        torch.manual_seed(settings.seed)
-    answers: list[str] = []
-    texts = prompt_texts(loaded, prompts)
-    for start in range(0, len(texts), batch_size):
-        batch = processor(
-            text=texts[start : start + batch_size], images=images[start : start + batch_size],
-            padding=True, return_tensors="pt",
-        ).to(model.device)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, **_sampling_kwargs(settings))
-        new_tokens = out[:, batch["input_ids"].shape[1]:]
-        answers += [t.strip() for t in processor.batch_decode(new_tokens, skip_special_tokens=True)]
-    model.train(was_training)
+    """The greedy answer to each (image, prompt), in the given order; batches are cut by prompt length."""
+    generation = generation or GenerationConfig()
+    answers = [""] * len(prompts)
+    for batch in length_batches(loaded, prompts, batch_size):
+        prefix = prefill(loaded, [images[i] for i in batch], [prompts[i] for i in batch], generation)
+        for i, answer in zip(batch, prefix.answers([Draw(j) for j in range(len(batch))], max_new_tokens), strict=True):
+            answers[i] = answer
     return answers

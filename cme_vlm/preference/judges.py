@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cme_vlm.evaluation.judge import JudgeCase, RubricJudge, make_judge
 from cme_vlm.errors import ConfigError
 from cme_vlm.preference.selection import PairContext, PairJudge, Verdict
 from cme_vlm.schema import ExperimentConfig, JudgeBackend
+from cme_vlm.scoring.judge import JudgeCase, RubricJudge, make_judge
 from cme_vlm.teacher.gemini import GeminiClient, TeacherFailure
 from cme_vlm.teacher.request import OutgoingRequest, RecordContext
 
@@ -91,10 +91,13 @@ class GeminiPairJudge:
         )
 
     def choose(self, context: PairContext, options: list[str]) -> Verdict:
+        """The model's pair; no pair when it finally gave no verdict; ``TeacherFailure`` while a re-run could get one."""
         try:
             reply = self.client.generate_json(self.request(context, options), PAIR_SCHEMA)
-        except TeacherFailure as e:  # blocked, malformed or out of retries: this record only
-            return Verdict(None, None, reason=f"no verdict from {self.name}: {e.reason}")
+        except TeacherFailure as e:
+            if not e.failure.final:
+                raise  # transient: the stage stops here and a re-run asks again
+            return Verdict(None, None, reason=f"no verdict from {self.name}: {e.failure.reason} (final)")
         accepted, rejected = int(reply.get("accepted", 0)), int(reply.get("rejected", 0))
         reason = str(reply.get("reason", ""))
         if not (1 <= accepted <= len(options) and 1 <= rejected <= len(options)):

@@ -1,4 +1,5 @@
-"""Expert review of preference pairs: export a sheet (CSV + HTML), import approve / swap / reject.
+"""Expert review of preference pairs: export a sheet (CSV + HTML, or served as a local web form),
+import approve / swap / reject.
 
 The CSV's ``decision`` column takes ``approve``, ``swap`` (the judge had the pair the wrong way
 round: accepted and rejected, their scores and reference log-probs trade places), ``reject``
@@ -29,6 +30,7 @@ SPEC = SheetSpec(
     shown=(("Prompt", "prompt"), ("Accepted", "accepted"), ("Rejected", "rejected")),
     instruction="approve, swap (accepted is worse) or reject.",
     export_command="preference review-export",
+    import_command="preference review-import",
 )
 
 
@@ -49,3 +51,9 @@ def export_sheet(cfg: ExperimentConfig, dataset: Path, out: Path) -> Path:
 def import_sheet(cfg: ExperimentConfig, sheet: Path, dataset: Path) -> Path:
     """Apply a filled sheet to the preference ``dataset`` (rewritten atomically)."""
     return review_sheet.import_sheet(SPEC, sheet, dataset, _apply)
+
+
+def serve_sheet(cfg: ExperimentConfig, sheet: Path, dataset: Path, host: str = "127.0.0.1", port: int = 0,
+                allow_remote: bool = False) -> Path:
+    """Serve an exported ``sheet`` as a local web form until Ctrl-C; each entry is saved into it as made."""
+    return review_sheet.serve_sheet(SPEC, sheet, dataset, host, port, allow_remote)

@@ -1,17 +1,16 @@
-"""The teacher backend interface and the Gemini teacher built on the guarded client."""
+"""The teacher backend interface (``TeacherBackend``, ``TeacherResult``) and the Gemini teacher on the guarded client.
+
+The offline stand-in is ``cme_vlm.teacher.offline.OfflineTeacher``; the stage picks one.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-from cme_vlm.anatomy import Anatomy
-from cme_vlm.schema import TeacherBackend as BackendName
 from cme_vlm.schema import TeacherConfig
-from cme_vlm.teacher.cache import Journal
 from cme_vlm.teacher.gemini import GeminiClient
-from cme_vlm.teacher.privacy import AuditLog
+from cme_vlm.teacher.outcome import SCHEMA, Failure
 from cme_vlm.teacher.request import TeacherRequest
 
 ANSWER_SCHEMA = {
@@ -23,7 +22,7 @@ ANSWER_SCHEMA = {
 
 @dataclass(frozen=True)
 class TeacherResult:
-    """An answer, or a failure reason with an empty answer; ``cached`` when it came from the journal."""
+    """An answer, or a failure reason (``cme_vlm.teacher.outcome``) and no answer; ``cached``: from the journal."""
 
     answer: str
     failure: str
@@ -51,16 +50,7 @@ class GeminiTeacher:
     def answer(self, request: TeacherRequest) -> TeacherResult:
         reply = self.client.call(request.outgoing(self.cfg.min_words, self.cfg.max_words), ANSWER_SCHEMA)
         text = str(reply.data["answer"]).strip() if reply.data else ""
-        failure = reply.failure or ("" if text else "empty")
-        return TeacherResult(text if not failure else "", failure, reply.cached, reply.model, reply.time)
-
-
-def make_backend(cfg: TeacherConfig, anatomy: Anatomy, out: Path) -> TeacherBackend:
-    """The configured backend, journalling to ``out/journal.jsonl`` and auditing to ``out/audit.jsonl``."""
-    journal = Journal(out / "journal.jsonl")
-    if cfg.backend == BackendName.gemini:
-        client = GeminiClient(cfg.gemini, journal, AuditLog(out / "audit.jsonl"), seed=cfg.seed)
-        return GeminiTeacher(cfg, client)
-    from cme_vlm.teacher.offline import OfflineTeacher
-
-    return OfflineTeacher(cfg, anatomy, journal)
+        # A blank answer is journalled as answered, so asking again returns it: final, like any schema failure.
+        failure = reply.failure or (None if text else Failure(SCHEMA, "blank_answer"))
+        return TeacherResult(text if not failure else "", failure.reason if failure else "", reply.cached, reply.model,
+                             reply.time)

@@ -4,60 +4,110 @@
 journal when it can, and otherwise sends it with the real ``google-genai`` client under a
 concurrency and requests-per-minute limit, with our own retries (exponential back-off with
 jitter, honouring Retry-After) and an audit line per attempt. The SDK's retries are disabled so
-that every paid attempt is counted and audited here.
+that every paid attempt is counted and audited here. What a failed attempt means (retry, journal
+as final, or ask again on a re-run) is decided by ``cme_vlm.teacher.outcome`` alone; a status no
+retry can fix (a rejected key, a bad request) stops the stage with a ``TeacherError``.
 """
 
 from __future__ import annotations
 
 import email.utils
-import importlib
-import importlib.util
+import hashlib
 import json
 import os
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
 from cme_vlm.errors import TeacherError
+
+try:
+    import httpx
+except ImportError:  # google-genai itself needs only httpx2
+    httpx = None
 from cme_vlm.schema import GeminiConfig
 from cme_vlm.teacher.cache import Journal, JournalEntry
+from cme_vlm.teacher.outcome import (
+    BLOCKED,
+    BODY,
+    EMPTY,
+    HTTP,
+    NETWORK,
+    SCHEMA,
+    TIMEOUT,
+    Failure,
+)
 from cme_vlm.teacher.privacy import AuditLog, PrivacyGuard
 from cme_vlm.teacher.request import OutgoingRequest
 
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-FATAL_STATUS = {401: "the API key was rejected", 403: "the API key lacks permission", 404: "the model was not found"}
-# Failures that asking again would not change are journalled; transient ones are retried on a re-run.
-TRANSIENT_PREFIXES = ("http_", "timeout", "network")
-# google-genai sends through httpx or its fork httpx2, whichever is installed.
-_HTTP_LIBS = [importlib.import_module(m) for m in ("httpx", "httpx2") if importlib.util.find_spec(m)]
+RETRYABLE_STATUS = frozenset({408, 429})  # and every 5xx
+REFUSED_HINTS = {
+    400: "the request is invalid for model '{model}': check teacher.gemini.model and teacher.gemini.max_output_tokens",
+    401: "the API key in {key_env} was rejected: export a valid key",
+    403: "the API key in {key_env} lacks permission for model '{model}'",
+    404: "model '{model}' was not found: check teacher.gemini.model and teacher.gemini.base_url",
+}
+# Finish reasons by which the model or its filter refused to answer; other stops are retried as schema failures.
+REFUSALS = frozenset({
+    types.FinishReason.SAFETY, types.FinishReason.RECITATION, types.FinishReason.BLOCKLIST,
+    types.FinishReason.PROHIBITED_CONTENT, types.FinishReason.SPII, types.FinishReason.IMAGE_SAFETY,
+    types.FinishReason.IMAGE_PROHIBITED_CONTENT, types.FinishReason.IMAGE_RECITATION, types.FinishReason.MODEL_ARMOR,
+})
+ANSWERED = (types.FinishReason.STOP, types.FinishReason.FINISH_REASON_UNSPECIFIED, None)
+# google-genai sends through its dependency httpx2 (a fork of httpx), or through httpx where that is installed.
+_HTTP_LIBS = [lib for lib in (httpx, httpx2) if lib is not None]
 TIMEOUT_ERRORS = tuple(lib.TimeoutException for lib in _HTTP_LIBS)
 TRANSPORT_ERRORS = tuple(lib.TransportError for lib in _HTTP_LIBS)
 
 
 @dataclass(frozen=True)
 class Reply:
-    """The outcome of one request: parsed ``data`` or a ``failure`` reason; ``cached`` if from the journal."""
+    """The outcome of one request: parsed ``data`` or a ``failure``; ``cached`` if from the journal."""
 
     data: dict[str, Any] | None
-    failure: str
+    failure: Failure | None
     cached: bool
     model: str
     time: str
 
 
 class TeacherFailure(TeacherError):
-    """A request finished without an answer (blocked, empty, malformed, or out of retries)."""
+    """A request finished without an answer; ``failure.final`` says whether a re-run asks again."""
 
-    def __init__(self, reason: str, record_id: str):
-        super().__init__(f"no answer for record {record_id}: {reason}")
-        self.reason = reason
+    def __init__(self, failure: Failure, record_id: str, journal: Path):
+        if failure.final:
+            what = f"final: asking again would not change it; the outcome is kept in {journal}"
+        else:
+            what = f"transient, out of retries: answers so far are kept in {journal} and a re-run asks again"
+        super().__init__(f"no answer for record {record_id}: {failure.reason} ({what})")
+        self.failure = failure
+
+
+class IncompleteBody(Exception):
+    """A 200 response whose body is not a complete JSON object (cut off, or a proxy's HTML page)."""
+
+
+def _require_json_object(response: Any) -> None:
+    """httpx response hook: refuse a 200 body that is not a JSON object before google-genai parses it."""
+    if response.status_code != 200:
+        return  # google-genai raises APIError for these
+    response.read()
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        raise IncompleteBody("not_json") from None
+    if not isinstance(body, dict):
+        raise IncompleteBody("not_an_object")
 
 
 class RateLimiter:
@@ -89,28 +139,41 @@ def retry_after_s(error: genai_errors.APIError) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
-def parse_response(response: types.GenerateContentResponse, schema: dict[str, Any]) -> tuple[dict | None, str]:
-    """(data, "") for a usable structured answer, else (None, reason)."""
+def schema_failure(data: Any, schema: dict[str, Any]) -> Failure | None:
+    """Why ``data`` is not what ``schema`` asks for, named by the path and the rule it breaks."""
+    error = best_match(Draft202012Validator(schema).iter_errors(data))
+    if error is None:
+        return None
+    return Failure(SCHEMA, f"{'/'.join(map(str, error.absolute_path)) or 'answer'} {error.validator}")
+
+
+def parse_response(response: types.GenerateContentResponse, schema: dict[str, Any]) -> tuple[dict | None, Failure | None]:
+    """(data, None) for a usable structured answer, else (None, why not)."""
     if not response.candidates:
         feedback = response.prompt_feedback
         if feedback is not None and feedback.block_reason is not None:
-            return None, f"blocked:{feedback.block_reason.value}"
-        return None, "empty"
-    finish = response.candidates[0].finish_reason
-    if finish is not None and finish not in (types.FinishReason.STOP, types.FinishReason.FINISH_REASON_UNSPECIFIED):
-        return None, "truncated" if finish == types.FinishReason.MAX_TOKENS else f"blocked:{finish.value}"
-    parts = response.candidates[0].content.parts if response.candidates[0].content else None
+            return None, Failure(BLOCKED, feedback.block_reason.value)
+        return None, Failure(EMPTY, "no_candidates")
+    candidate = response.candidates[0]
+    if candidate.finish_reason in REFUSALS:
+        return None, Failure(BLOCKED, candidate.finish_reason.value)
+    if candidate.finish_reason not in ANSWERED:
+        return None, Failure(SCHEMA, candidate.finish_reason.value)  # e.g. cut off at max_output_tokens
+    parts = candidate.content.parts if candidate.content else None
     text = "".join(p.text or "" for p in parts or [])
     if not text.strip():
-        return None, "empty"
+        return None, Failure(EMPTY, "no_text")
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        return None, "malformed"
-    if not isinstance(data, dict):
-        return None, "malformed"
-    missing = [k for k in schema.get("required", []) if k not in data]
-    return (None, "schema") if missing else (data, "")
+        return None, Failure(SCHEMA, "not_json")
+    failure = schema_failure(data, schema)
+    return (None, failure) if failure else (data, None)
+
+
+def config_digest(cfg: GeminiConfig) -> str:
+    """SHA-256 of the client's settings (the key's variable name, never the key)."""
+    return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()
 
 
 class GeminiClient:
@@ -127,16 +190,20 @@ class GeminiClient:
         self.cfg = cfg
         self.journal = journal if isinstance(journal, Journal) else Journal(journal)
         self.audit = audit if isinstance(audit, AuditLog) else AuditLog(audit)
+        self.audit.start_section(model=cfg.model, endpoint=cfg.base_url or "google", settings=self.settings(),
+                                 gemini_config_sha256=config_digest(cfg))
         self.guard = guard or PrivacyGuard()
         self._limiter = RateLimiter(cfg.requests_per_minute)
         self._slots = threading.BoundedSemaphore(max(1, cfg.concurrency))
         self._rng = random.Random(seed)
+        self._refusal: TeacherError | None = None
         self._client = genai.Client(
             api_key=key,
             http_options=types.HttpOptions(
                 base_url=cfg.base_url or None,
                 timeout=max(1, int(cfg.timeout_s * 1000)),
                 retry_options=types.HttpRetryOptions(attempts=1),
+                client_args={"event_hooks": {"response": [_require_json_object]}},
             ),
         )
 
@@ -148,10 +215,10 @@ class GeminiClient:
         return {"temperature": self.cfg.temperature, "max_output_tokens": self.cfg.max_output_tokens}
 
     def generate_json(self, request: OutgoingRequest, schema: dict[str, Any]) -> dict[str, Any]:
-        """The parsed structured answer; raises ``TeacherFailure`` (with ``reason``) when there is none."""
+        """The parsed structured answer; raises ``TeacherFailure`` (with its ``failure``) when there is none."""
         reply = self.call(request, schema)
-        if reply.data is None:
-            raise TeacherFailure(reply.failure, request.context.record_id)
+        if reply.failure is not None:
+            raise TeacherFailure(reply.failure, request.context.record_id, self.journal.path)
         return reply.data
 
     def call(self, request: OutgoingRequest, schema: dict[str, Any]) -> Reply:
@@ -160,11 +227,15 @@ class GeminiClient:
         key = request.content_key(self.model, self.settings(), schema)
         entry = self.journal.get(key)
         if entry is not None:
-            return Reply(entry.data, entry.failure, True, entry.model, entry.time)
+            failure = Failure.from_reason(entry.failure) if entry.failure else None
+            return Reply(entry.data, failure, True, entry.model, entry.time)
+        if self._refusal is not None:
+            raise TeacherError(str(self._refusal))  # a status no retry can fix came back: send nothing more
         with self._slots:
             data, failure = self._send_with_retries(request, schema)
-        entry = JournalEntry(key, self.model, request.context.record_id, request.purpose, data, failure)
-        if not failure.startswith(TRANSIENT_PREFIXES):
+        entry = JournalEntry(key, self.model, request.context.record_id, request.purpose, data,
+                             failure.reason if failure else "")
+        if entry.final:
             self.journal.put(entry)
         return Reply(data, failure, False, entry.model, entry.time)
 
@@ -173,33 +244,44 @@ class GeminiClient:
         delay *= 0.5 + 0.5 * self._rng.random()  # jitter, so parallel workers do not retry in step
         return max(delay, min(retry_after, self.cfg.backoff_max_s)) if retry_after is not None else delay
 
-    def _send_with_retries(self, request: OutgoingRequest, schema: dict[str, Any]) -> tuple[dict | None, str]:
-        failure = ""
+    def _send_with_retries(self, request: OutgoingRequest, schema: dict[str, Any]) -> tuple[dict | None, Failure | None]:
+        """Attempts until an answer, a refusal or the last retry; the last attempt's failure is the outcome."""
+        failure = None
         for attempt in range(self.cfg.max_retries + 1):
+            if failure is not None:
+                time.sleep(self._backoff_s(attempt - 1, failure.retry_after_s))
             self._limiter.wait()
             self.audit.record(request, self.model, attempt)
-            retry_after = None
-            try:
-                return parse_response(self._send(request, schema), schema)
-            except genai_errors.APIError as e:
-                if e.code in FATAL_STATUS:
-                    raise TeacherError(
-                        f"Gemini answered {e.code}: {FATAL_STATUS[e.code]} (model '{self.model}', key from "
-                        f"{self.cfg.api_key_env}). Check the key and teacher.gemini.model."
-                    ) from None
-                failure = f"http_{e.code}"
-                if e.code not in RETRYABLE_STATUS:
-                    return None, failure
-                retry_after = retry_after_s(e)
-            except genai_errors.UnknownApiResponseError:
-                return None, "malformed"
-            except TIMEOUT_ERRORS:
-                failure = "timeout"
-            except TRANSPORT_ERRORS:
-                failure = "network"
-            if attempt < self.cfg.max_retries:
-                time.sleep(self._backoff_s(attempt, retry_after))
+            data, failure = self._attempt(request, schema)
+            if failure is None or not failure.retry_now:
+                return data, failure
         return None, failure
+
+    def _attempt(self, request: OutgoingRequest, schema: dict[str, Any]) -> tuple[dict | None, Failure | None]:
+        try:
+            response = self._send(request, schema)
+        except genai_errors.APIError as e:
+            if e.code in RETRYABLE_STATUS or 500 <= e.code < 600:
+                return None, Failure(HTTP, str(e.code), retry_after_s(e))
+            self._refusal = self._refused(e, request)
+            raise self._refusal from None
+        except IncompleteBody as e:
+            return None, Failure(BODY, str(e))
+        except TIMEOUT_ERRORS as e:
+            return None, Failure(TIMEOUT, type(e).__name__)
+        except TRANSPORT_ERRORS as e:
+            return None, Failure(NETWORK, type(e).__name__)
+        return parse_response(response, schema)
+
+    def _refused(self, error: genai_errors.APIError, request: OutgoingRequest) -> TeacherError:
+        hint = REFUSED_HINTS.get(error.code, "check teacher.gemini.base_url and the key in {key_env}")
+        said = " ".join(str(error.message or error.status or "").split())[:200]
+        return TeacherError(
+            f"Gemini answered {error.code} ({said}) to the {request.purpose} request for record "
+            f"{request.context.record_id}, which no retry can fix, so the stage stopped: "
+            + hint.format(model=self.model, key_env=self.cfg.api_key_env)
+            + f". Answers so far are kept in {self.journal.path}."
+        )
 
     def _send(self, request: OutgoingRequest, schema: dict[str, Any]) -> types.GenerateContentResponse:
         parts = [types.Part.from_text(text=request.user_text())]

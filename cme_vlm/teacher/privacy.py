@@ -3,7 +3,7 @@
 Every outgoing request passes ``PrivacyGuard.check`` before a byte is sent. It refuses fields
 outside the purpose's whitelist, text that names the record's procedure or frame or looks like
 a file path, and any image part that is not exactly the 1-bit, metadata-free encoding of the
-current record's mask. ``AuditLog`` appends one JSONL line per sent request.
+current record's mask. ``AuditLog`` appends one JSONL line per sent request, in one section per run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from PIL import Image
 
 from cme_vlm import atomic
 from cme_vlm.errors import PrivacyError
-from cme_vlm.teacher.request import CRITICAL_CHUNKS, OutgoingRequest, RecordContext, encode_mask, png_chunks
+from cme_vlm.teacher.request import (
+    CRITICAL_CHUNKS,
+    OutgoingRequest,
+    RecordContext,
+    encode_mask,
+    png_chunks,
+)
 
 # The text fields each kind of request may carry; anything else is refused.
 FIELD_WHITELIST: dict[str, frozenset[str]] = {
@@ -115,17 +121,34 @@ def part_digest(data: bytes) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "mime_type": "image/png"}
 
 
+SECTION_KEY = "section"
+SECTION_FIELDS = frozenset({"started", "model", "endpoint", "settings", "gemini_config_sha256"})
+REQUEST_FIELDS = frozenset({"time", "record_id", "purpose", "model", "attempt", "text", "text_sha256", "parts"})
+
+
 class AuditLog:
-    """Append-only JSONL record of every request sent: what left the machine, never the key."""
+    """Append-only JSONL record of every request sent: what left the machine, never the key.
+
+    The file only grows. Each run that sends anything appends one section: a header line
+    ``{"section": {"started": ..., <start_section fields>}}`` followed by one line per attempt.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._header: dict[str, Any] | None = None
+
+    def start_section(self, model: str, endpoint: str, settings: dict[str, Any], gemini_config_sha256: str) -> None:
+        """Open this run's section; its header goes out with the first request, so a run that sends nothing adds nothing."""
+        header = {"started": _now(), "model": model, "endpoint": endpoint, "settings": settings,
+                  "gemini_config_sha256": gemini_config_sha256}
+        with self._lock:
+            self._header = {SECTION_KEY: header}
 
     def record(self, request: OutgoingRequest, model: str, attempt: int) -> None:
         text = request.system + "\n" + request.user_text()
         line = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "time": _now(),
             "record_id": request.context.record_id,
             "purpose": request.purpose,
             "model": model,
@@ -135,4 +158,11 @@ class AuditLog:
             "parts": [part_digest(m) for m in request.masks],
         }
         with self._lock:
+            if self._header is not None:
+                atomic.append_jsonl(self.path, self._header)
+                self._header = None
             atomic.append_jsonl(self.path, line)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,4 +1,5 @@
-"""Expert review of teacher answers: export a sheet (CSV + HTML), import approvals, edits, rejections.
+"""Expert review of teacher answers: export a sheet (CSV + HTML, or served as a local web form),
+import approvals, edits, rejections.
 
 The CSV's ``decision`` column takes ``approve``, ``edit`` (with ``edited_answer``), ``reject`` or
 stays empty (not reviewed). The round trip itself (sampling, sheet, whole-sheet check, atomic
@@ -34,6 +35,7 @@ SPEC = SheetSpec(
     shown=(("Prompt", "prompt"), ("Answer", "answer")),
     instruction="approve, edit (with edited_answer) or reject.",
     export_command="review export",
+    import_command="review import",
     row_check=_edit_has_text,
 )
 
@@ -52,3 +54,9 @@ def export_sheet(cfg: ExperimentConfig, dataset: Path, out: Path) -> Path:
 def import_sheet(cfg: ExperimentConfig, sheet: Path, dataset: Path) -> Path:
     """Apply a filled sheet to ``dataset`` (rewritten atomically); rejected records leave training."""
     return review_sheet.import_sheet(SPEC, sheet, dataset, _apply)
+
+
+def serve_sheet(cfg: ExperimentConfig, sheet: Path, dataset: Path, host: str = "127.0.0.1", port: int = 0,
+                allow_remote: bool = False) -> Path:
+    """Serve an exported ``sheet`` as a local web form until Ctrl-C; each entry is saved into it as made."""
+    return review_sheet.serve_sheet(SPEC, sheet, dataset, host, port, allow_remote)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from datasets import Dataset
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from cme_vlm import atomic
@@ -16,15 +23,29 @@ from cme_vlm.anatomy import Anatomy
 from cme_vlm.config import save_config
 from cme_vlm.data.records import DATASET_DIRNAME, load_dataset, save_dataset
 from cme_vlm.errors import TeacherError
-from cme_vlm.schema import ExperimentConfig
+from cme_vlm.schema import ExperimentConfig, TeacherConfig
 from cme_vlm.schema import TeacherBackend as BackendName
-from cme_vlm.teacher.backend import TeacherBackend, TeacherResult, make_backend
+from cme_vlm.teacher.backend import GeminiTeacher, TeacherBackend, TeacherResult
+from cme_vlm.teacher.cache import Journal
+from cme_vlm.teacher.gemini import GeminiClient
+from cme_vlm.teacher.offline import OfflineTeacher
+from cme_vlm.teacher.outcome import Failure
+from cme_vlm.teacher.privacy import AuditLog
 from cme_vlm.teacher.request import build_teacher_request
 
 console = Console(stderr=True)
 
 
 ANSWER_COLUMNS = ("answer", "provenance", "teacher_model", "answered_at")
+
+
+def make_backend(cfg: TeacherConfig, anatomy: Anatomy, out: Path) -> TeacherBackend:
+    """The configured backend, journalling to ``out/journal.jsonl`` and auditing to ``out/audit.jsonl``."""
+    journal = Journal(out / "journal.jsonl")
+    if cfg.backend == BackendName.gemini:
+        client = GeminiClient(cfg.gemini, journal, AuditLog(out / "audit.jsonl"), seed=cfg.seed)
+        return GeminiTeacher(cfg, client)
+    return OfflineTeacher(cfg, anatomy, journal)
 
 
 def _reviewed(ds: Dataset, out: Path) -> dict[str, dict]:
@@ -119,10 +140,31 @@ def answer(cfg: ExperimentConfig, dataset: Path, out: Path) -> Path:
     atomic.write_json(out / "summary.json", summary)
     save_config(cfg, out)
     _print(summary)
-    if summary["failure_fraction"] > cfg.teacher.max_failure_fraction:
-        raise TeacherError(
-            f"{summary['failed']} of {len(results)} teacher requests failed ({summary['failed_by_reason']}), more than "
-            f"teacher.max_failure_fraction={cfg.teacher.max_failure_fraction}. Answers so far are kept in "
-            f"{out / 'journal.jsonl'}; fix the cause and re-run to resume."
-        )
+    _close(summary, cfg.teacher, out / "journal.jsonl")
     return target
+
+
+def _close(summary: dict, cfg: TeacherConfig, journal: Path) -> None:
+    """Say what a re-run will do; raise while transient faults left requests unanswered or final failures pass the limit."""
+    reasons = summary["failed_by_reason"]
+    final = {r: n for r, n in reasons.items() if Failure.from_reason(r).final}
+    transient = {r: n for r, n in reasons.items() if r not in final}
+    final_note = (
+        f"{sum(final.values())} record(s) have no answer for a final reason ({final}); a re-run will not ask for them "
+        f"again (their outcomes are kept in {journal}), and they stay out of training and evaluation"
+    )
+    if transient:
+        raise TeacherError(
+            f"{sum(transient.values())} teacher request(s) got no answer because transient faults outlasted "
+            f"teacher.gemini.max_retries={cfg.gemini.max_retries} ({transient}). Answers so far are kept in {journal}; "
+            "re-run the stage to ask only these again." + (f" Besides, {final_note}." if final else "")
+        )
+    if summary["failure_fraction"] > cfg.max_failure_fraction:
+        needed = math.ceil(summary["failure_fraction"] * 100) / 100
+        raise TeacherError(
+            f"{final_note}. That is {summary['failure_fraction']:.1%} of the requests, more than "
+            f"teacher.max_failure_fraction={cfg.max_failure_fraction}; to go on without them, set "
+            f"teacher.max_failure_fraction={needed} and re-run (nothing is asked again)."
+        )
+    if final:
+        console.print(f"[yellow]{final_note}.[/]")

@@ -1,8 +1,10 @@
-"""The DPO family of preference losses, written by hand as pure functions over log-probs.
+"""The DPO family of preference losses, written by hand as small interchangeable modules.
 
-All functions take the summed (or, for IPO, length-averaged) log-probs of the accepted
-("chosen", ``y_w``) and rejected (``y_l``) answers under the policy ``π_θ`` and the frozen
-reference ``π_ref``, each a tensor of shape ``[B]``. With the log-ratio difference
+Every loss takes the policy's answer log-probs of a pair batch (``PairLogps``: summed log-probs
+``[B]`` of the accepted ("chosen", ``y_w``) and rejected (``y_l``) answers and their token
+counts ``[B]``) and the frozen reference's summed log-probs ``[B]`` of the same answers, and
+returns a ``DPOOutput``. Each variant decides which log-probs it is defined on (summed, or
+length-averaged for IPO). With those log-probs and the log-ratio difference
 
     h = (log π_θ(y_w|x) − log π_ref(y_w|x)) − (log π_θ(y_l|x) − log π_ref(y_l|x))
 
@@ -11,34 +13,43 @@ the per-pair losses are
 - sigmoid (Rafailov et al. 2023, eq. 7): ``−log σ(β h)``; with label smoothing ``ε`` this is
   conservative DPO (cDPO, Mitchell 2023): ``−(1−ε) log σ(β h) − ε log σ(−β h)``
 - robust (rDPO, Chowdhury et al. 2024, eq. 8): ``((1−ε)·(−log σ(β h)) − ε·(−log σ(−β h))) / (1 − 2ε)``
-- ipo (Azar et al. 2023, eq. 17): ``(h − 1/(2β))²``
+- ipo (Azar et al. 2023, eq. 17): ``(h − 1/(2β))²`` on log-probs divided by each answer's token count
 - hinge (SLiC, Zhao et al. 2023): ``max(0, 1 − β h)``
 
 and the implicit rewards are ``r_w = β (log π_θ(y_w|x) − log π_ref(y_w|x))`` and
 ``r_l = β (log π_θ(y_l|x) − log π_ref(y_l|x))``. An optional SFT term adds
 ``λ · NLL(y_w)`` (the per-token negative log-likelihood of the accepted answer).
+
+A new variant is one subclass of ``PreferenceLoss`` registered under a name with
+``@register_loss("name")``; ``dpo.loss=name`` selects it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from cme_vlm.errors import ConfigError
-from cme_vlm.schema import DPOLoss
+from cme_vlm.models.logprobs import PairLogps
+from cme_vlm.schema import DPOConfig
 
 
 @dataclass
 class DPOOutput:
-    """``loss``: scalar mean over pairs; ``losses``: ``[B]``; rewards ``[B]``, detached."""
+    """``losses``: per pair ``[B]`` (with the SFT term); rewards ``[B]``, detached."""
 
-    loss: Tensor
     losses: Tensor
     accepted_rewards: Tensor
     rejected_rewards: Tensor
+
+    @property
+    def loss(self) -> Tensor:
+        """The mean over pairs (scalar)."""
+        return self.losses.mean()
 
     @property
     def margin(self) -> Tensor:
@@ -46,9 +57,36 @@ class DPOOutput:
         return self.accepted_rewards - self.rejected_rewards
 
     @property
-    def accuracy(self) -> Tensor:
-        """Share of pairs whose accepted answer earns the higher reward (scalar)."""
-        return (self.accepted_rewards > self.rejected_rewards).float().mean()
+    def correct(self) -> Tensor:
+        """``[B]`` float: 1 where the accepted answer earns the higher reward."""
+        return (self.accepted_rewards > self.rejected_rewards).float()
+
+
+class PreferenceLoss(nn.Module):
+    """``forward(policy, ref_accepted, ref_rejected) -> DPOOutput``; a subclass writes ``pair_losses(h)``."""
+
+    def __init__(self, beta: float, label_smoothing: float = 0.0, sft_weight: float = 0.0) -> None:
+        super().__init__()
+        if beta <= 0:
+            raise ConfigError(f"dpo.beta={beta} must be positive (0.1 is a common choice).")
+        if not 0 <= label_smoothing < 0.5:
+            raise ConfigError(f"dpo.label_smoothing={label_smoothing} must lie in [0, 0.5).")
+        self.beta, self.label_smoothing, self.sft_weight = beta, label_smoothing, sft_weight
+
+    def logps(self, policy: PairLogps, ref_accepted: Tensor, ref_rejected: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The log-probs the loss is defined on: summed over each answer's tokens, all ``[B]``."""
+        return policy.accepted, policy.rejected, ref_accepted, ref_rejected
+
+    def pair_losses(self, h: Tensor) -> Tensor:
+        """The variant's per-pair loss of the log-ratio difference, ``[B]`` → ``[B]``."""
+        raise NotImplementedError
+
+    def forward(self, policy: PairLogps, ref_accepted: Tensor, ref_rejected: Tensor) -> DPOOutput:
+        pa, pr, ra, rr = self.logps(policy, ref_accepted.to(policy.accepted), ref_rejected.to(policy.rejected))
+        losses = self.pair_losses(logratio_difference(pa, pr, ra, rr))
+        if self.sft_weight:
+            losses = losses + self.sft_weight * (-policy.accepted / policy.accepted_tokens.clamp(min=1))
+        return DPOOutput(losses, (self.beta * (pa - ra)).detach(), (self.beta * (pr - rr)).detach())
 
 
 def logratio_difference(
@@ -58,65 +96,60 @@ def logratio_difference(
     return (policy_accepted - ref_accepted) - (policy_rejected - ref_rejected)
 
 
-def sigmoid_loss(h: Tensor, beta: float, label_smoothing: float = 0.0) -> Tensor:
-    """DPO / cDPO: ``−(1−ε) log σ(βh) − ε log σ(−βh)``, ``[B]`` → ``[B]``."""
-    return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+LOSSES: dict[str, type[PreferenceLoss]] = {}
 
 
-def robust_loss(h: Tensor, beta: float, label_smoothing: float) -> Tensor:
-    """rDPO, unbiased under preference flips with rate ``ε < 0.5``, ``[B]`` → ``[B]``."""
-    flipped = -(1 - label_smoothing) * F.logsigmoid(beta * h) + label_smoothing * F.logsigmoid(-beta * h)
-    return flipped / (1 - 2 * label_smoothing)
+def register_loss(name: str) -> Callable[[type[PreferenceLoss]], type[PreferenceLoss]]:
+    """Class decorator: make a ``PreferenceLoss`` selectable as ``dpo.loss=<name>``."""
+    def add(cls: type[PreferenceLoss]) -> type[PreferenceLoss]:
+        LOSSES[name] = cls
+        return cls
+
+    return add
 
 
-def ipo_loss(h: Tensor, beta: float) -> Tensor:
-    """IPO: ``(h − 1/(2β))²``, ``[B]`` → ``[B]``; expects length-averaged log-probs."""
-    return (h - 1 / (2 * beta)) ** 2
+def build_loss(cfg: DPOConfig) -> PreferenceLoss:
+    """The loss ``dpo.loss`` names, with ``dpo.beta``, ``dpo.label_smoothing`` and ``dpo.sft_weight``."""
+    if cfg.loss not in LOSSES:
+        raise ConfigError(f"dpo.loss='{cfg.loss}' is not a registered preference loss. Choose one of "
+                          f"{', '.join(sorted(LOSSES))}, or register a class with cme_vlm.training.dpo_losses.register_loss.")
+    return LOSSES[cfg.loss](cfg.beta, cfg.label_smoothing, cfg.sft_weight)
 
 
-def hinge_loss(h: Tensor, beta: float) -> Tensor:
-    """SLiC hinge: ``max(0, 1 − βh)``, ``[B]`` → ``[B]``."""
-    return torch.relu(1 - beta * h)
+@register_loss("sigmoid")
+class SigmoidLoss(PreferenceLoss):
+    """DPO / cDPO: ``−(1−ε) log σ(βh) − ε log σ(−βh)``."""
+
+    def pair_losses(self, h: Tensor) -> Tensor:
+        eps = self.label_smoothing
+        return -(1 - eps) * F.logsigmoid(self.beta * h) - eps * F.logsigmoid(-self.beta * h)
 
 
-def dpo_loss(
-    policy_accepted: Tensor,
-    policy_rejected: Tensor,
-    ref_accepted: Tensor,
-    ref_rejected: Tensor,
-    beta: float,
-    loss: DPOLoss = DPOLoss.sigmoid,
-    label_smoothing: float = 0.0,
-    sft_weight: float = 0.0,
-    accepted_nll: Tensor | None = None,
-) -> DPOOutput:
-    """The configured preference loss plus ``sft_weight · accepted_nll``; every tensor ``[B]``.
+@register_loss("robust")
+class RobustLoss(PreferenceLoss):
+    """rDPO, unbiased under preference flips with rate ``ε < 0.5``."""
 
-    ``accepted_nll`` is the per-token negative log-likelihood of each accepted answer under the
-    policy; it is required when ``sft_weight > 0``.
-    """
-    if beta <= 0:
-        raise ConfigError(f"dpo.beta={beta} must be positive (the paper uses 0.1).")
-    if not 0 <= label_smoothing < 0.5:
-        raise ConfigError(f"dpo.label_smoothing={label_smoothing} must lie in [0, 0.5).")
-    h = logratio_difference(policy_accepted, policy_rejected, ref_accepted, ref_rejected)
-    loss = DPOLoss(loss)
-    if loss is DPOLoss.sigmoid:
-        losses = sigmoid_loss(h, beta, label_smoothing)
-    elif loss is DPOLoss.robust:
-        losses = robust_loss(h, beta, label_smoothing)
-    elif loss is DPOLoss.ipo:
-        losses = ipo_loss(h, beta)
-    else:
-        losses = hinge_loss(h, beta)
-    if sft_weight:
-        if accepted_nll is None:
-            raise ValueError("dpo_loss: sft_weight > 0 needs accepted_nll, the accepted answers' per-token NLL")
-        losses = losses + sft_weight * accepted_nll
-    return DPOOutput(
-        loss=losses.mean(),
-        losses=losses,
-        accepted_rewards=(beta * (policy_accepted - ref_accepted)).detach(),
-        rejected_rewards=(beta * (policy_rejected - ref_rejected)).detach(),
-    )
+    def pair_losses(self, h: Tensor) -> Tensor:
+        eps = self.label_smoothing
+        flipped = -(1 - eps) * F.logsigmoid(self.beta * h) + eps * F.logsigmoid(-self.beta * h)
+        return flipped / (1 - 2 * eps)
 
+
+@register_loss("ipo")
+class IPOLoss(PreferenceLoss):
+    """IPO: ``(h − 1/(2β))²`` on length-averaged log-probs ``log π(y|x) / |y|``."""
+
+    def logps(self, policy: PairLogps, ref_accepted: Tensor, ref_rejected: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        na, nr = policy.accepted_tokens.clamp(min=1), policy.rejected_tokens.clamp(min=1)
+        return policy.accepted / na, policy.rejected / nr, ref_accepted / na, ref_rejected / nr
+
+    def pair_losses(self, h: Tensor) -> Tensor:
+        return (h - 1 / (2 * self.beta)) ** 2
+
+
+@register_loss("hinge")
+class HingeLoss(PreferenceLoss):
+    """SLiC hinge: ``max(0, 1 − βh)``."""
+
+    def pair_losses(self, h: Tensor) -> Tensor:
+        return torch.relu(1 - self.beta * h)

@@ -1,77 +1,97 @@
-"""AdamW with warm-up and cosine decay, and a Kahan-compensated AdamW for bf16 weights.
+"""The optimizer of a training stage: per-component parameter groups, AdamW or optimi's Kahan AdamW, the schedule.
 
-In bf16 a weight of magnitude ``w`` moves only if the update exceeds about ``|w| · 2^-9``;
-at lr 1e-6 most updates fall below that and plain AdamW silently drops them. Kahan summation
-keeps the part of each update that rounding lost in a per-weight compensation buffer and adds
-it back on the next step, so the weights follow the float32 trajectory.
+``optimizer: adamw`` is torch's AdamW (fused on GPU) for float32 weights. ``kahan_adamw`` is
+``optimi.AdamW`` with Kahan summation: in bf16 a weight of magnitude ``w`` moves only if the
+update exceeds about ``|w| · 2^-9``, so at lr 1e-6 plain AdamW silently drops most updates;
+Kahan summation keeps what rounding lost in a bf16 compensation buffer and adds it back on the
+next step, so bf16 weights follow the float32 trajectory (tests/training/test_optim.py) with
+weights, moments and compensation all in bf16 (8 bytes a trained parameter, no float32 copy).
+On float32 weights it is plain AdamW.
+
+``gradient_release: true`` (``kahan_adamw`` only) fuses each parameter's update into the
+backward pass (optimi's post-accumulate-grad hooks) and frees its gradient at once, so no
+full set of gradients ever exists; accumulation windows then accumulate into the optimizer
+states (optimi's ``optimizer_accumulation``), see ``cme_vlm.training.stepping``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from typing import Any
 
+import optimi
 import torch
-from torch import Tensor
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from cme_vlm.errors import ConfigError
+from cme_vlm.models.adapters import COMPONENTS, ModelAdapter
 from cme_vlm.schema import Optimizer as OptimizerName
 from cme_vlm.schema import TrainConfig
 
-
-class KahanAdamW(Optimizer):
-    """AdamW (decoupled weight decay) whose parameter update is Kahan-compensated.
-
-    Moments and compensation live in the parameter's dtype (bf16 keeps memory at 3 extra
-    copies); the arithmetic of each step is done in float32.
-    """
-
-    def __init__(self, params: Iterable[Tensor], lr: float = 1e-5, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0):
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
-
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001 - torch's signature
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, group)
-        return loss
-
-    def _update(self, p: Tensor, group: dict) -> None:
-        state = self.state[p]
-        if not state:
-            state["step"] = 0
-            for key in ("exp_avg", "exp_avg_sq", "compensation"):
-                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["step"] += 1
-        beta1, beta2 = group["betas"]
-        grad = p.grad.float()
-        m = state["exp_avg"].float().lerp_(grad, 1 - beta1)
-        v = state["exp_avg_sq"].float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        state["exp_avg"].copy_(m)
-        state["exp_avg_sq"].copy_(v)
-        step = state["step"]
-        denom = (v / (1 - beta2**step)).sqrt_().add_(group["eps"])
-        old = p.to(torch.float32, copy=True)
-        delta = -group["lr"] * (m / (1 - beta1**step) / denom + group["weight_decay"] * old)
-        wanted = delta + state["compensation"].float()
-        p.copy_(old + wanted)
-        state["compensation"].copy_(wanted - (p.float() - old))
+# torch.optim.AdamW's defaults; optimi's own (betas 0.9/0.99, eps 1e-6) would change the update rule
+BETAS, EPS = (0.9, 0.999), 1e-8
 
 
-def build_optimizer(params: list[Tensor], train: TrainConfig) -> Optimizer:
-    """``optimizer: adamw`` (torch's, fused on GPU) or ``kahan_adamw``."""
-    if OptimizerName(train.optimizer) == OptimizerName.kahan_adamw:
-        return KahanAdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+def parameter_groups(model: nn.Module, adapter: ModelAdapter, train: TrainConfig, stage: str) -> list[dict[str, Any]]:
+    """One group per component with trainable parameters, at ``lr · lr_scale.<component>``."""
+    members: dict[str, list[nn.Parameter]] = {c: [] for c in COMPONENTS}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            members[adapter.component_of(name)].append(param)
+    groups = []
+    for component, params in members.items():
+        scale = getattr(train.lr_scale, component)
+        if scale < 0:
+            raise ConfigError(f"{stage}.lr_scale.{component}={scale} must be 0 or more (1 keeps {stage}.lr).")
+        if params:
+            groups.append({"params": params, "lr": train.lr * scale, "name": component})
+    return groups
+
+
+def build_optimizer(groups: list[dict[str, Any]], train: TrainConfig, stage: str) -> Optimizer:
+    """``optimizer: adamw`` (torch's, fused on GPU) or ``kahan_adamw`` (optimi, with gradient release if asked)."""
+    if OptimizerName(train.optimizer) is OptimizerName.kahan_adamw:
+        optimizer = optimi.AdamW(groups, lr=train.lr, betas=BETAS, eps=EPS, weight_decay=train.weight_decay,
+                                 kahan_sum=True, gradient_release=train.gradient_release)
+        if train.gradient_release:
+            _keep_groups_out_of_checkpoints(optimizer)
+        return optimizer
+    if train.gradient_release:
+        raise ConfigError(f"{stage}.gradient_release=true needs {stage}.optimizer=kahan_adamw (optimi's optimizers "
+                          "step in the backward pass; torch's AdamW does not).")
+    params = [p for g in groups for p in g["params"]]
     fused = all(p.is_cuda for p in params) and bool(params)
-    return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=train.lr, betas=BETAS, eps=EPS, weight_decay=train.weight_decay,
+                             fused=fused or None)
+
+
+def _keep_groups_out_of_checkpoints(optimizer: Optimizer) -> None:
+    """optimi's gradient release keeps a link to each parameter's group in its state: drop it when saving, relink on load.
+
+    Saved as is, the link would copy every group (with its parameters) into the checkpoint, and a
+    loaded copy would leave the hooks reading a group the scheduler no longer updates.
+    """
+    def drop(_optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+        state_dict["state"] = {k: {n: v for n, v in s.items() if n != "group"} for k, s in state_dict["state"].items()}
+        return state_dict
+
+    optimizer.register_state_dict_post_hook(drop)
+    optimizer.register_load_state_dict_pre_hook(drop)
+    optimizer.register_load_state_dict_post_hook(relink_groups)
+
+
+def relink_groups(optimizer: Optimizer) -> None:
+    """Point each parameter's state at its live group again (after a load, or a copy of the state such as
+    Lightning's move of the optimizer to its device, which copies nested dicts)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            optimizer.state[p]["group"] = group
 
 
 def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_ratio: float, min_lr_ratio: float) -> LambdaLR:
-    """Linear warm-up over ``warmup_ratio · total_steps``, then cosine decay to ``min_lr_ratio · lr``."""
+    """Linear warm-up over ``warmup_ratio · total_steps``, then cosine decay to ``min_lr_ratio · lr`` (every group)."""
     warmup = max(1, math.ceil(warmup_ratio * total_steps)) if warmup_ratio > 0 else 0
 
     def factor(step: int) -> float:

@@ -1,8 +1,9 @@
 """``SFTModule``: supervised fine-tuning with the hand-written token-level loss.
 
-Optimisation is manual so that the loss is averaged per answer token over the whole
-accumulated batch (on all devices): each micro-batch back-propagates the *sum* of its token
-losses, and at the optimizer step the gradients are divided by the window's token count.
+The loss is the mean over every answer token of the accumulation window (on all devices), so
+every token weighs the same however the batch is split: each micro-batch gives the *sum* of
+its token losses and its token count to ``ManualStepModule``, which scales at the window's end.
+Validation reports the same token-weighted mean over the whole validation set.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from cme_vlm.errors import TrainingError
 from cme_vlm.models.adapters import ModelAdapter
+from cme_vlm.models.logprobs import answer_logprobs
 from cme_vlm.schema import TrainConfig
-from cme_vlm.training.logprobs import answer_logprobs, count_targets
 from cme_vlm.training.losses import sft_loss
+from cme_vlm.training.metrics import Float64Mean
 from cme_vlm.training.stepping import ManualStepModule
 
 LAST_GOOD = "last-good.ckpt"
@@ -27,39 +29,16 @@ class SFTModule(ManualStepModule):
                  checkpoint_dir: str = "", chunk_size: int = 1024):
         super().__init__(model, train, total_steps, "sft")
         self.adapter, self.checkpoint_dir, self.chunk_size = adapter, checkpoint_dir, chunk_size
-        self.history: dict[str, list] = {"train_loss": [], "val_loss": []}
-        self._window = {"tokens": 0, "loss": 0.0}
-        self._val = {"tokens": 0, "loss": 0.0}
+        self.history["val_loss"] = []
+        self.val_loss = Float64Mean()  # per answer token
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def micro_batch_loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         logp = answer_logprobs(self.model, batch, self.chunk_size).token_logp
-        loss_sum = sft_loss(logp, 1)
-        if not torch.isfinite(loss_sum):
-            self._stop(batch)
-        self.manual_backward(loss_sum)
-        w = self._window
-        w["tokens"] += int(count_targets(batch["labels"]))
-        w["loss"] += float(loss_sum.detach())
-        if self.closes_window(batch_idx):
-            self._optimizer_step()
+        return sft_loss(logp, 1), torch.tensor(float(logp.numel()), device=logp.device)
 
-    def _optimizer_step(self) -> None:
-        totals = self.trainer.strategy.reduce(
-            torch.tensor([self._window["tokens"], self._window["loss"]], dtype=torch.float64, device=self.device),
-            reduce_op="sum",
-        )
-        tokens, loss = max(float(totals[0]), 1.0), float(totals[1]) / max(float(totals[0]), 1.0)
-        scale = self.trainer.world_size / tokens  # DDP already averaged over devices
-        for p in self.trainable_parameters():
-            if p.grad is not None:
-                p.grad.mul_(scale)
-        grad_norm, lr = self.apply_update()
-        self._window = {"tokens": 0, "loss": 0.0}
-        self.history["train_loss"].append([self.global_step, loss])
-        self.log_dict({"train/loss": loss, "train/grad_norm": grad_norm, "train/lr": lr, "train/tokens": tokens},
-                      prog_bar=True, rank_zero_only=True)
-
-    def _stop(self, batch: dict[str, Any]) -> None:
+    def check_finite(self, loss_sum: Tensor, batch: dict[str, Any]) -> None:
+        if bool(torch.isfinite(loss_sum)):
+            return
         where = f"{self.checkpoint_dir}/{LAST_GOOD}" if self.checkpoint_dir else "(no checkpoint folder)"
         if self.checkpoint_dir:
             self.trainer.save_checkpoint(where)
@@ -70,17 +49,12 @@ class SFTModule(ManualStepModule):
         )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logp = answer_logprobs(self.model, batch, self.chunk_size).token_logp
-        self._val["tokens"] += int(logp.numel())
-        self._val["loss"] += float(-logp.sum())
+        self.val_loss.update(-answer_logprobs(self.model, batch, self.chunk_size).token_logp)
 
     def on_validation_epoch_end(self) -> None:
-        totals = self.trainer.strategy.reduce(
-            torch.tensor([self._val["tokens"], self._val["loss"]], dtype=torch.float64, device=self.device),
-            reduce_op="sum",
-        )
-        self._val = {"tokens": 0, "loss": 0.0}
-        if totals[0] > 0:
-            loss = float(totals[1] / totals[0])
-            self.history["val_loss"].append([self.global_step, loss])
-            self.log("val/loss", loss, prog_bar=True, rank_zero_only=True)
+        if not self.val_loss.update_called:
+            return
+        loss = self.val_loss.compute()  # synchronised over devices
+        self.val_loss.reset()
+        self.history["val_loss"].append([self.global_step, float(loss)])
+        self.log("val/loss", loss, prog_bar=True, rank_zero_only=True)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import base64
+import csv
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,12 +14,13 @@ from PIL import Image
 
 from cme_vlm.cli import main
 from cme_vlm.config import load_saved_config
+from cme_vlm.data import stage
 from cme_vlm.data.frames import read_frame
 from cme_vlm.data.overlay import resize_pair
 from cme_vlm.data.records import RECORD_FEATURES, export_dataset, load_dataset, raw_images, save_dataset
-from cme_vlm.data.stage import build
+from cme_vlm.data.stage import INVALID_FILE, build
 from cme_vlm.errors import DataError
-from cme_vlm.schema import DataSource
+from cme_vlm.schema import DataSource, OnInvalid
 
 
 def test_built_dataset_records(built_dataset: Path):
@@ -103,7 +106,7 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "mask size": (lambda r: _replace_mask(r, np.full((17, 20), 255, np.uint8)), r"f1_pancreas.png' is 20x17 but its frame is 20x16"),
     "non-binary mask": (lambda r: _replace_mask(r, np.full((16, 20), 128, np.uint8)), r"f1_pancreas.png' is not binary"),
-    "16-bit mask": (lambda r: _replace_mask(r, np.full((16, 20), 255, np.uint16)), r"f1_pancreas.png' is I;16"),
+    "16-bit grey levels": (lambda r: _replace_mask(r, np.arange(320, dtype=np.uint16).reshape(16, 20)), r"f1_pancreas.png' is not binary"),
     "RGBA mask": (lambda r: _replace_mask(r, np.full((16, 20, 4), 255, np.uint8), "RGBA"), r"f1_pancreas.png' has image mode RGBA"),
     "empty mask": (lambda r: _replace_mask(r, np.zeros((16, 20), np.uint8)), r"f1_pancreas.png' is empty"),
     "unknown structure": (
@@ -118,15 +121,76 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
+def _listed(out: Path) -> list[dict[str, str]]:
+    with open(out / INVALID_FILE, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_is_named_and_nothing_is_written(trees, cfg, tmp_path: Path, case: str):
+def test_bad_input_is_named_and_only_the_list_is_written(trees, cfg, tmp_path: Path, case: str):
     trees.manifest(tmp_path / "src")
     spoil, match = BAD_INPUTS[case]
     spoil(tmp_path / "src")
     out = tmp_path / "out"
     with pytest.raises(DataError, match=match):
         build(_manifest_cfg(cfg, tmp_path / "src"), tmp_path / "src", out)
-    assert not out.exists() or not any(out.iterdir())
+    assert [p.name for p in out.iterdir()] == [INVALID_FILE]
+    assert any(re.search(match, row["message"]) for row in _listed(out))
+
+
+def _three_bad_files(root: Path) -> list[str]:
+    """Spoil a frame, a mask and a manifest row; the names each problem must carry."""
+    (root / "img/p0/f1.png").write_bytes(b"not a png")
+    _replace_mask(root, np.full((16, 20), 128, np.uint8))
+    _edit_manifest(root, lambda row: row.update(side="middle"))
+    return ["img/p0/f1.png", "f1_pancreas.png", "side 'middle'"]
+
+
+def test_every_problem_is_reported_in_one_run(trees, cfg, tmp_path: Path, capsys, monkeypatch):
+    trees.manifest(tmp_path / "src")
+    names = _three_bad_files(tmp_path / "src")
+    monkeypatch.setattr(stage.console, "width", 10_000)  # one problem, one line: no wrapping inside paths
+    with pytest.raises(DataError, match=rf"3 problem\(s\).*listed in '.*{INVALID_FILE}'.*data\.on_invalid=skip"):
+        build(_manifest_cfg(cfg, tmp_path / "src"), tmp_path / "src", tmp_path / "out")
+    screen = capsys.readouterr().err
+    listed = _listed(tmp_path / "out")
+    assert len(listed) == 3 and {row["checked"] for row in listed} == {"manifest row", "frame", "mask"}
+    for name in names:
+        assert name in screen, f"{name} not on screen:\n{screen}"
+        assert any(name in row["message"] for row in listed), f"{name} not in the list: {listed}"
+
+
+def test_skip_builds_from_the_valid_rows_and_lists_the_rest(trees, cfg, tmp_path: Path):
+    trees.manifest(tmp_path / "src")
+    _three_bad_files(tmp_path / "src")
+    cfg = _manifest_cfg(cfg, tmp_path / "src")
+    cfg.data.on_invalid = OnInvalid.skip
+    build(cfg, tmp_path / "src", tmp_path / "out")
+    ds = load_dataset(tmp_path / "out")
+    # 9 records before: p0/f1 (pancreas), p1/f1 (pancreas mask) and p2/f1 (pancreas row) are left out
+    assert len(ds) == 6
+    assert not {"img/p0/f1.png", "img/p1/f1.png", "img/p2/f1.png"} & set(ds["frame"])
+    assert len(_listed(tmp_path / "out")) == 3
+    assert load_saved_config(tmp_path / "out").data.on_invalid is OnInvalid.skip
+
+
+def test_a_clean_build_removes_an_earlier_list(trees, cfg, tmp_path: Path):
+    trees.manifest(tmp_path / "src")
+    cfg = _manifest_cfg(cfg, tmp_path / "src")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / INVALID_FILE).write_text("checked,where,message\nframe,x,fixed since\n")
+    build(cfg, tmp_path / "src", tmp_path / "out")
+    assert not (tmp_path / "out" / INVALID_FILE).exists()
+
+
+def test_nothing_valid_left_stops_even_with_skip(trees, cfg, tmp_path: Path):
+    trees.manifest(tmp_path / "src", n_procedures=1, frames_per=1)
+    (tmp_path / "src/img/p0/f0.png").unlink()
+    cfg = _manifest_cfg(cfg, tmp_path / "src")
+    cfg.data.on_invalid = OnInvalid.skip
+    with pytest.raises(DataError, match="No valid frame is left"):
+        build(cfg, tmp_path / "src", tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [INVALID_FILE]
 
 
 def test_dsad_build(trees, cfg, tmp_path: Path):
@@ -156,7 +220,7 @@ def test_cli_synth_then_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert load_saved_config(tmp_path / "data").data.image_size == 64
     next((tmp_path / "frames" / "frames").rglob("*.png")).unlink()
     assert main(["data", "build", "--frames", "frames", "--out", "data2"]) == 2
-    assert not (tmp_path / "data2").exists()
+    assert [p.name for p in (tmp_path / "data2").iterdir()] == [INVALID_FILE]
 
 
 def test_reading_a_dataset_never_writes_into_its_folder(built_dataset: Path):

@@ -6,8 +6,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from cme_vlm.anatomy import Anatomy
-from cme_vlm.evaluation.clinical import collapse, identification_hits, laterality_errors
 from cme_vlm.evaluation.stats import by_structure, pairwise_tests, wilcoxon
+from cme_vlm.scoring.clinical import collapse, identification_hits, laterality_errors
 
 
 @pytest.fixture

@@ -11,7 +11,12 @@ from cme_vlm import atomic
 from cme_vlm.data.records import load_dataset
 from cme_vlm.errors import DataError
 from cme_vlm.evaluation import generation
-from cme_vlm.evaluation.generation import ModelSpec, generate_answers, model_fingerprint, select_test_split
+from cme_vlm.evaluation.generation import (
+    ModelSpec,
+    generate_answers,
+    model_fingerprint,
+    select_test_split,
+)
 
 
 @pytest.fixture
@@ -67,3 +72,11 @@ def test_folder_fingerprint_follows_the_weight_files(tiny_cfg, tmp_path):
     assert model_fingerprint(tiny_cfg, spec) == before
     os.utime(folder / "model.safetensors", ns=(1, 1))
     assert model_fingerprint(tiny_cfg, spec) != before
+
+
+def test_fingerprint_ignores_how_the_greedy_answers_are_computed(tiny_cfg):
+    """Cache and compilation change only the floating-point order of the same greedy decoding."""
+    from cme_vlm.schema import CacheKind, GenerationConfig, Switch
+
+    fast = dataclasses.replace(tiny_cfg, generation=GenerationConfig(cache=CacheKind.static, compile=Switch.always))
+    assert model_fingerprint(fast, ModelSpec("base")) == model_fingerprint(tiny_cfg, ModelSpec("base"))

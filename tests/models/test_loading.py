@@ -11,7 +11,7 @@ import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cme_vlm.config import REPO_ROOT
+from cme_vlm.config_files import REPO_ROOT
 from cme_vlm.errors import ModelError
 from cme_vlm.models.adapters import COMPONENTS, adapter_for
 from cme_vlm.models.export import export_model

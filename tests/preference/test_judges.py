@@ -48,9 +48,10 @@ def test_gemini_pair_judge_through_the_fake_endpoint(cfg, tmp_path, monkeypatch)
     import json
     import re
 
+    from fake_gemini import FakeGemini
+
     from cme_vlm.preference.selection import select_pair
     from cme_vlm.teacher.gemini import GeminiClient
-    from fake_gemini import FakeGemini
 
     def by_content(body: dict) -> dict:
         text = json.dumps(body)
@@ -72,3 +73,24 @@ def test_gemini_pair_judge_through_the_fake_endpoint(cfg, tmp_path, monkeypatch)
         assert len(fake.calls) == 2  # the journal answers repeats; nothing is paid twice
     audit = (tmp_path / "audit.jsonl").read_text()
     assert "pair_selection" in audit and "P07" not in audit and "frame_0012" not in audit
+
+
+def test_gemini_pair_judge_keeps_a_record_out_only_for_a_final_failure(cfg, tmp_path, monkeypatch) -> None:
+    from fake_gemini import FakeGemini, Fault
+
+    from cme_vlm.teacher.gemini import GeminiClient, TeacherFailure
+
+    monkeypatch.setenv("CME_TEST_KEY", "test-key-not-a-secret-1234567890")
+    g = replace(cfg.teacher.gemini, api_key_env="CME_TEST_KEY", timeout_s=2.0, requests_per_minute=0, max_retries=1,
+                backoff_base_s=0.01, backoff_max_s=0.02)
+    options = ["This is the mesentery.", GT]
+    with FakeGemini(answer=lambda body: {"accepted": 2, "rejected": 1, "reason": "names the vein"}) as fake:
+        client = GeminiClient(replace(g, base_url=fake.url), tmp_path / "journal.jsonl", tmp_path / "audit.jsonl")
+        judge = GeminiPairJudge(client, g.model).for_record(RecordContext("r1", "P07", "frame_0012.png"))
+        fake.queue(Fault.blocked())
+        verdict = judge.choose(CTX, options)
+        assert verdict.accepted is None and verdict.reason == "no verdict from gemini-2.5-flash: blocked:SAFETY (final)"
+        fake.queue(Fault.status(503), Fault.reset())
+        with pytest.raises(TeacherFailure, match="a re-run asks again"):  # the stage stops; nothing kept out
+            judge.choose(CTX, options[::-1])
+        assert judge.choose(CTX, options[::-1]).reason == "names the vein"  # asked again, now answered

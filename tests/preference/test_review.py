@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cme_vlm.data.preference_records import preference_dataset, preference_row
 from cme_vlm.data.records import load_dataset, save_dataset
 from cme_vlm.errors import DataError
-from cme_vlm.preference.records import preference_dataset, preference_row
 from cme_vlm.preference.review import export_sheet, import_sheet
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset
+from forward_counts import counting_forwards
 from PIL import Image
 
 from cme_vlm.preference import sampling
@@ -22,7 +23,7 @@ def _rows(n: int) -> Dataset:
 
 def _cfg(**kw) -> PreferenceConfig:
     settings = [SamplingSetting(temperature=1.0, top_k=0, seed=1), SamplingSetting(temperature=1.3, top_k=0, seed=2)]
-    return PreferenceConfig(k=2, sampling=settings, max_new_tokens=6, batch_size=2, **kw)
+    return PreferenceConfig(k=2, sampling=settings, max_new_tokens=6, **{"batch_size": 2, **kw})
 
 
 def test_duplicate_flags_normalise_case_and_space() -> None:
@@ -47,30 +48,50 @@ def test_duplicates_are_resampled_then_marked(tiny_loaded, tmp_path: Path) -> No
 
 def test_sampling_resumes_without_recomputing_finished_records(tiny_loaded, tmp_path: Path, monkeypatch) -> None:
     journal = tmp_path / "candidates.jsonl"
-    real = sampling.generate
-    seen: list[str] = []
+    real = sampling.prefill
+    prefilled: list[int] = []
 
-    def crashing(loaded, images, prompts, **kw):
-        if len(seen) >= 2:  # the first chunk (2 records, k=2 settings) finished; die in the second
+    def crashing(loaded, images, prompts, generation):
+        if prefilled:  # the first chunk (2 records) finished; die in the second
             raise KeyboardInterrupt
-        seen.append("call")
-        return real(loaded, images, prompts, **kw)
+        prefilled.append(len(prompts))
+        return real(loaded, images, prompts, generation)
 
-    monkeypatch.setattr(sampling, "generate", crashing)
+    monkeypatch.setattr(sampling, "prefill", crashing)
     rows = _rows(4)
     with pytest.raises(KeyboardInterrupt):
         sample_candidates(tiny_loaded, rows, _cfg(max_resamples=0), journal)
     first = read_journal(journal)
-    assert set(first) == {"r0", "r1"}
+    assert len(first) == 2
 
-    batches: list[int] = []
+    def counting(loaded, images, prompts, generation):
+        prefilled.append(len(prompts))
+        return real(loaded, images, prompts, generation)
 
-    def counting(loaded, images, prompts, **kw):
-        batches.append(len(prompts))
-        return real(loaded, images, prompts, **kw)
-
-    monkeypatch.setattr(sampling, "generate", counting)
+    monkeypatch.setattr(sampling, "prefill", counting)
     out = sample_candidates(tiny_loaded, rows, _cfg(max_resamples=0), journal)
-    assert batches == [2, 2]  # only r2 and r3, once per setting
-    assert out["r0"] == first["r0"] and set(out) == {"r0", "r1", "r2", "r3"}
+    assert prefilled == [2, 2]  # the two unfinished records, prefilled once for both settings
+    assert all(out[r] == first[r] for r in first) and set(out) == {"r0", "r1", "r2", "r3"}
     assert len(read_journal(journal)) == 4
+
+
+def test_each_record_is_encoded_and_prefilled_once_for_all_candidates(tiny_loaded, tmp_path: Path) -> None:
+    greedy = [SamplingSetting(temperature=1.0, top_k=1, seed=s) for s in (1, 2, 3)]  # duplicates: re-sampled twice
+    cfg = PreferenceConfig(k=3, sampling=greedy, max_new_tokens=4, batch_size=2, max_resamples=2)
+    with counting_forwards(tiny_loaded.model) as counts:
+        out = sample_candidates(tiny_loaded, _rows(3), cfg, tmp_path / "c.jsonl")
+    assert all(cs.resamples == 4 for cs in out.values())  # two candidates, each re-sampled twice
+    assert sorted(counts.images_encoded) == [1, 2] and sorted(counts.prefill_rows) == [1, 2]  # chunks of 2 and 1
+
+
+def test_candidates_do_not_depend_on_the_chunk_they_fall_in(tiny_loaded, tmp_path: Path) -> None:
+    rows = _rows(3).map(lambda r, i: {"prompt": "Name it." if i == 1 else r["prompt"]}, with_indices=True)
+    alone = sample_candidates(tiny_loaded, rows, _cfg(batch_size=1), tmp_path / "one.jsonl")
+    chunked = sample_candidates(tiny_loaded, rows, _cfg(batch_size=3), tmp_path / "three.jsonl")  # padded beside r1
+    assert alone == chunked
+
+
+def test_candidate_seeds_differ_per_record_setting_and_attempt() -> None:
+    seeds = {sampling.candidate_seed(s, a, r) for s in (1, 2) for a in (0, 1) for r in ("r0", "r1")}
+    assert len(seeds) == 8 and all(0 <= s < 2**64 for s in seeds)
+    assert sampling.candidate_seed(1, 0, "r0") == sampling.candidate_seed(1, 0, "r0")

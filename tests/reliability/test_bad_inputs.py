@@ -3,11 +3,17 @@
 Each case prepares a wrong input inside its own folder and runs the ``cme-vlm`` command a user
 would run. The command must exit 2 with exactly one ``error:`` line (so the error is one of
 ``cme_vlm.errors``: anything else escapes ``main`` as a traceback), the message must name the
-input and say what to do, and the case's folder must be byte-for-byte as it was before.
+input and say what to do, and the case's folder must be byte-for-byte as it was before, except
+for ``data build``'s list of problems (``out/invalid.csv``): the one file a failed build writes.
+
+The accepted cases are well-formed inputs in less common forms (0/1 masks, 16-bit masks, a CSV
+with a byte-order mark): each must build exactly the records its usual form builds.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import re
@@ -22,11 +28,12 @@ from PIL import Image
 
 from cme_vlm import cli
 from cme_vlm.cli import main
-from cme_vlm.data.records import save_dataset
+from cme_vlm.data.records import load_dataset, raw_images, save_dataset
 
 from .conftest import snapshot
 
 MANIFEST_BUILD = ["data.source=manifest", "data.image_size=32"]
+PROBLEM_LIST = ("out", "out/invalid.csv")  # what a data build that found problems leaves: the list, nothing else
 
 
 @dataclass
@@ -58,14 +65,26 @@ class Inputs:
         return ["data", "build", "--frames", str(self.tmp / "src"), "--out", str(self.out), *MANIFEST_BUILD, *overrides]
 
 
-CASES: dict[str, tuple[Callable[[Inputs], list[str]], str, str]] = {}
+CASES: dict[str, tuple[Callable[[Inputs], list[str]], str, str, tuple[str, ...]]] = {}
+ACCEPTED: dict[str, Callable[[Inputs], list[str]]] = {}
 
 
-def case(name: str, names: str, fix: str):
-    """Register a case: its setup returns the CLI arguments; ``names`` and ``fix`` are regexes the message must hold."""
+def case(name: str, names: str, fix: str, leaves: tuple[str, ...] = ()):
+    """Register a case: its setup returns the CLI arguments; ``names`` and ``fix`` are regexes the message must hold;
+    ``leaves`` are the only paths the failed command may add to the case's folder."""
 
     def register(setup: Callable[[Inputs], list[str]]) -> Callable[[Inputs], list[str]]:
-        CASES[name] = (setup, names, fix)
+        CASES[name] = (setup, names, fix, leaves)
+        return setup
+
+    return register
+
+
+def accepted(name: str):
+    """Register an accepted case: its setup rewrites the manifest tree in another well-formed form."""
+
+    def register(setup: Callable[[Inputs], list[str]]) -> Callable[[Inputs], list[str]]:
+        ACCEPTED[name] = setup
         return setup
 
     return register
@@ -125,7 +144,7 @@ def _(i): return synth(i, "--sft.lr")
 
 
 # ------------------------------------------------------------------ frames, masks, manifests
-@case("data-truncated-png", r"p0/f0\.png", r"truncated.*Re-export")
+@case("data-truncated-png", r"p0/f0\.png", r"truncated.*Re-export", PROBLEM_LIST)
 def _(i):
     frame = i.manifest_tree() / "img" / "p0" / "f0.png"
     frame.write_bytes(frame.read_bytes()[:60])
@@ -137,27 +156,28 @@ def _mask(i: Inputs, array: np.ndarray, mode: str | None) -> list[str]:
     return i.build()
 
 
-@case("data-mask-16-bit", r"f1_pancreas\.png.*16", r"single-channel 8-bit PNG")
-def _(i): return _mask(i, np.full((16, 20), 65535, np.uint16), None)
+@case("data-mask-16-bit-grey-levels", r"f1_pancreas\.png.*not binary.*320 value", r"single-channel 8-bit PNG",
+      PROBLEM_LIST)
+def _(i): return _mask(i, np.arange(320, dtype=np.uint16).reshape(16, 20), None)
 
 
-@case("data-mask-rgba", r"f1_pancreas\.png.*RGBA", r"single-channel 8-bit PNG")
+@case("data-mask-rgba", r"f1_pancreas\.png.*RGBA", r"single-channel 8-bit PNG", PROBLEM_LIST)
 def _(i): return _mask(i, np.full((16, 20, 4), 255, np.uint8), "RGBA")
 
 
-@case("data-mask-grey-levels", r"f1_pancreas\.png.*not binary", r"0 for background and 255")
+@case("data-mask-grey-levels", r"f1_pancreas\.png.*not binary", r"0 for background and 255", PROBLEM_LIST)
 def _(i): return _mask(i, np.full((16, 20), 128, np.uint8), "L")
 
 
-@case("data-mask-size-mismatch", r"f1_pancreas\.png.*10x8.*20x16", r"Resize the mask")
+@case("data-mask-size-mismatch", r"f1_pancreas\.png.*10x8.*20x16", r"Resize the mask", PROBLEM_LIST)
 def _(i): return _mask(i, np.full((8, 10), 255, np.uint8), "L")
 
 
-@case("data-mask-empty", r"f1_pancreas\.png.*empty", r"Remove it from the manifest or redraw")
+@case("data-mask-empty", r"f1_pancreas\.png.*empty", r"Remove it from the manifest or redraw", PROBLEM_LIST)
 def _(i): return _mask(i, np.zeros((16, 20), np.uint8), "L")
 
 
-@case("data-duplicate-record", r"line 7.*img/p0/f0\.png.*'pancreas'", r"Remove one")
+@case("data-duplicate-record", r"line 7.*img/p0/f0\.png.*'pancreas'", r"Remove one", PROBLEM_LIST)
 def _(i):
     i.manifest_tree()
     rows = i.manifest_rows()
@@ -165,7 +185,7 @@ def _(i):
     return i.build()
 
 
-@case("data-unknown-structure", r"line 1.*'spleen'", r"add the structure .* registry")
+@case("data-unknown-structure", r"line 1.*'spleen'", r"add the structure .* registry", PROBLEM_LIST)
 def _(i):
     i.manifest_tree()
     rows = i.manifest_rows()
@@ -185,13 +205,13 @@ def _(i):
     return i.build(f"data.manifest={i.tmp / 'src' / 'manifest.csv'}")
 
 
-@case("data-missing-frame", r"p2/f1\.png.*does not exist", r"Fix the path in the manifest or restore")
+@case("data-missing-frame", r"p2/f1\.png.*does not exist", r"Fix the path in the manifest or restore", PROBLEM_LIST)
 def _(i):
     (i.manifest_tree() / "img" / "p2" / "f1.png").unlink()
     return i.build()
 
 
-@case("data-manifest-bad-json", r"manifest\.jsonl' line 3", r"Fix that line")
+@case("data-manifest-bad-json", r"manifest\.jsonl' line 3", r"Fix that line", PROBLEM_LIST)
 def _(i):
     i.manifest_tree()
     lines = (i.tmp / "src" / "manifest.jsonl").read_text().splitlines()
@@ -200,7 +220,7 @@ def _(i):
     return i.build()
 
 
-@case("data-bad-side", r"line 2.*side 'middle'", r"must be 'left' or 'right'")
+@case("data-bad-side", r"line 2.*side 'middle'", r"must be 'left' or 'right'", PROBLEM_LIST)
 def _(i):
     i.manifest_tree()
     rows = i.manifest_rows()
@@ -215,11 +235,52 @@ def _(i):
     return i.build()
 
 
-@case("data-dsad-mask-without-frame", r"pancreas/03/mask01\.png", r"Restore the frame or remove the mask")
+@case("data-dsad-mask-without-frame", r"pancreas/03/mask01\.png", r"Restore the frame or remove the mask", PROBLEM_LIST)
 def _(i):
     i.trees.dsad(i.tmp / "src")
     (i.tmp / "src" / "pancreas" / "03" / "image01.png").unlink()
     return ["data", "build", "--frames", str(i.tmp / "src"), "--out", str(i.out), "data.source=dsad", "data.image_size=32"]
+
+
+@case("data-several-bad-files", r"3 problem\(s\).*out/invalid\.csv'; the first: .*p0/f1\.png", r"data\.on_invalid=skip",
+      PROBLEM_LIST)
+def _(i):
+    root = i.manifest_tree()
+    (root / "img" / "p0" / "f1.png").write_bytes(b"not a png")
+    Image.fromarray(np.full((16, 20), 128, np.uint8)).save(root / "msk" / "p1" / "f1_pancreas.png")
+    (root / "img" / "p2" / "f0.png").unlink()
+    return i.build()
+
+
+# ------------------------------------------------------------------ accepted: well-formed, less common forms
+def _remask(i: Inputs, form: Callable[[np.ndarray], Image.Image]) -> list[str]:
+    """Save one 0/255 mask again, the same pixels in another form."""
+    path = i.manifest_tree() / "msk" / "p1" / "f1_pancreas.png"
+    form(np.asarray(Image.open(path)) == 255).save(path)
+    return i.build()
+
+
+@accepted("data-mask-0-1")
+def _(i): return _remask(i, lambda mask: Image.fromarray(mask.astype(np.uint8)))
+
+
+@accepted("data-mask-mode-1")
+def _(i): return _remask(i, lambda mask: Image.fromarray(mask))  # a bool array gives mode "1"
+
+
+@accepted("data-mask-16-bit-0-65535")
+def _(i): return _remask(i, lambda mask: Image.fromarray(mask.astype(np.uint16) * 65535))
+
+
+@accepted("data-manifest-csv-with-bom")
+def _(i):
+    i.manifest_tree()
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\r\n")  # as a spreadsheet's "CSV UTF-8" export: BOM and CRLF
+    writer.writerow(["frame", "masks", "procedure", "side", "phase"])
+    writer.writerows([r["frame"], json.dumps(r["masks"]), r["procedure"], r["side"], r["phase"]] for r in i.manifest_rows())
+    (i.tmp / "src" / "manifest.csv").write_bytes(text.getvalue().encode("utf-8-sig"))
+    return i.build(f"data.manifest={i.tmp / 'src' / 'manifest.csv'}")
 
 
 # ------------------------------------------------------------------ datasets
@@ -261,7 +322,7 @@ def _(i): return ["preference", "build", "--dataset", str(i.built), "--model", s
 @case("dataset-damaged-journal", r"journal '.*journal\.jsonl' is damaged", r"Move it aside")
 def _(i):
     i.out.mkdir()
-    (i.out / "journal.jsonl").write_text('{"key": "a"}\n{"key": \n{"key": "b"}\n')
+    (i.out / "journal.jsonl").write_text('{"key": "a"}\n{"key": oops}\n{"key": "b"}\n')  # a complete line, not JSON
     return ["teacher", "answer", "--dataset", str(i.built), "--out", str(i.out)]
 
 
@@ -329,8 +390,8 @@ def _(i):
 
 @pytest.fixture(scope="module")
 def inputs_factory(built_dataset, answered_records, tiny_loaded, tmp_path_factory, data_trees):
+    from cme_vlm.data.preference_records import preference_dataset, preference_row
     from cme_vlm.models.export import export_model
-    from cme_vlm.preference.records import preference_dataset, preference_row
 
     shared = tmp_path_factory.mktemp("bad-inputs-shared")
     answered_ds = answered_records(n_test=1, n_val=1)
@@ -348,9 +409,18 @@ def inputs_factory(built_dataset, answered_records, tiny_loaded, tmp_path_factor
     return lambda tmp: Inputs(tmp, built_dataset, shared / "answered", Path(model), data_trees, pref_rows)
 
 
+@pytest.fixture(scope="module")
+def usual_records(data_trees, tmp_path_factory) -> list[dict]:
+    """The records (images as stored) that the untouched manifest tree builds."""
+    tmp = tmp_path_factory.mktemp("usual-records")
+    data_trees.manifest(tmp / "src")
+    assert main(["data", "build", "--frames", str(tmp / "src"), "--out", str(tmp / "out"), *MANIFEST_BUILD]) == 0
+    return raw_images(load_dataset(tmp / "out")).to_list()
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gets_one_clear_error_and_leaves_nothing(name, inputs_factory, tmp_path, capsys, monkeypatch):
-    setup, names, fix = CASES[name]
+    setup, names, fix, leaves = CASES[name]
     inputs = inputs_factory(tmp_path)
     argv = setup(inputs)
     before = snapshot(tmp_path)
@@ -362,7 +432,18 @@ def test_bad_input_gets_one_clear_error_and_leaves_nothing(name, inputs_factory,
     message = err.split("error:", 1)[1]
     assert re.search(names, message, re.S), f"the message does not name the input ({names!r}):\n{message}"
     assert re.search(fix, message, re.S | re.I), f"the message does not say what to do ({fix!r}):\n{message}"
-    assert snapshot(tmp_path) == before, "the failed command left files behind or changed its inputs"
+    after = snapshot(tmp_path)
+    assert {path: digest for path, digest in after.items() if path not in leaves} == before, \
+        "the failed command left files behind or changed its inputs"
+    assert set(leaves) <= set(after), f"the failed command did not write {leaves}"
+
+
+@pytest.mark.parametrize("name", list(ACCEPTED))
+def test_accepted_input_builds_the_usual_records(name, inputs_factory, usual_records, tmp_path, capsys):
+    code = main(ACCEPTED[name](inputs_factory(tmp_path)))
+    assert code == 0, capsys.readouterr().err
+    assert not (tmp_path / "out" / "invalid.csv").exists()
+    assert raw_images(load_dataset(tmp_path / "out")).to_list() == usual_records
 
 
 def test_the_corpus_is_large_enough():

@@ -23,7 +23,7 @@ import torch
 from fake_gemini import FakeGemini
 
 from cme_vlm import atomic
-from cme_vlm.config import REPO_ROOT
+from cme_vlm.config_files import REPO_ROOT
 from cme_vlm.data.records import load_dataset, raw_images
 
 from .conftest import TINY, cli, finish, gemini_overrides, jsonl_lines, kill_when, schema_answer

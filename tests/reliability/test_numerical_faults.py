@@ -12,7 +12,7 @@ import torch
 from cme_vlm.config import load_config
 from cme_vlm.data.records import load_dataset, save_dataset
 from cme_vlm.errors import TrainingError
-from cme_vlm.training import sft_stage
+from cme_vlm.training import sft_stage, trainer
 from cme_vlm.training.sft_module import LAST_GOOD
 
 POISONED_STEP = 3  # the third training forward pass returns non-finite hidden states
@@ -50,7 +50,7 @@ def _poison(monkeypatch, value: float) -> None:
 def _csv_logger(monkeypatch) -> None:
     from lightning.pytorch.loggers import CSVLogger
 
-    monkeypatch.setattr(sft_stage, "wandb_logger", lambda wandb, cfg, out, job: CSVLogger(str(out), name="csv"))
+    monkeypatch.setattr(trainer, "wandb_logger", lambda wandb, cfg, out, job: CSVLogger(str(out), name="csv"))
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
@@ -86,9 +86,9 @@ def test_non_finite_loss_stops_with_step_and_records_after_saving_the_last_good_
 
 def _batch_ids(cfg, dataset, index: int) -> list[str]:
     """The record ids of training batch ``index`` in the order the stage's data module yields them."""
-    from cme_vlm.data.collate import ChatEncoder
-    from cme_vlm.data.datamodules import SFTDataModule
+    from cme_vlm.models.encoding import ChatEncoder
     from cme_vlm.models.loading import load_model
+    from cme_vlm.training.datamodules import SFTDataModule
 
     data = SFTDataModule(load_dataset(dataset), ChatEncoder(load_model(cfg), cfg.sft.max_length), cfg.sft)
     data.setup("fit")

@@ -15,16 +15,25 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fake_gemini import FakeGemini
+from fake_gemini import FakeGemini, audited_requests
 from PIL import Image
 
 from cme_vlm import atomic, cli
 from cme_vlm.anatomy import Anatomy
-from cme_vlm.config import REPO_ROOT, load_config
+from cme_vlm.config import load_config
+from cme_vlm.config_files import REPO_ROOT
 from cme_vlm.data.records import load_dataset, raw_images
 from cme_vlm.teacher.request import encode_mask, mask_array
 
-from .conftest import GEMINI_EVERYWHERE, KEY, KEY_ENV, TINY, finish, gemini_overrides, schema_answer
+from .conftest import (
+    GEMINI_EVERYWHERE,
+    KEY,
+    KEY_ENV,
+    TINY,
+    finish,
+    gemini_overrides,
+    schema_answer,
+)
 
 AUDIT_LOGS = ("02-teacher/audit.jsonl", "04-preference/audit.jsonl", "06-eval/judge_audit.jsonl")
 
@@ -99,8 +108,9 @@ def test_audit_passes_on_the_run_and_fails_on_tampered_copies(gemini_run, tmp_pa
     audit = ["audit", "--run-dir", str(run), f"teacher.gemini.api_key_env={KEY_ENV}"]
     assert cli.main(audit) == 0
     report = json.loads((run / "privacy_audit.json").read_text())
-    logged = sum(len(atomic.read_jsonl(run / name)) for name in AUDIT_LOGS)
+    logged = sum(len(audited_requests(run / name)) for name in AUDIT_LOGS)
     assert report["verdict"] == "pass" and logged == len(calls) == report["requests"]
+    assert report["sections"] == len(AUDIT_LOGS)  # one run, one section in each log
 
     ds = load_dataset(run / "01-data")
     other_mask = encode_mask(mask_array(ds[1]["mask"]))
@@ -109,7 +119,7 @@ def test_audit_passes_on_the_run_and_fails_on_tampered_copies(gemini_run, tmp_pa
         shutil.copytree(run, copy)
         log = copy / "02-teacher" / "audit.jsonl"
         lines = atomic.read_jsonl(log)
-        first = next(i for i, line in enumerate(lines) if line["record_id"] == ds[0]["id"])
+        first = next(i for i, line in enumerate(lines) if line.get("record_id") == ds[0]["id"])
         if tamper == "mask":
             import hashlib
 

@@ -103,7 +103,8 @@ def test_audit_log_holds_digests_and_text_but_not_the_key(request_pair, gemini_c
         client = GeminiClient(gemini_cfg.teacher.gemini, tmp_path / "j.jsonl", tmp_path / "a.jsonl")
         client.generate_json(request_pair[0], ANSWER_SCHEMA)
     audit = (tmp_path / "a.jsonl").read_text()
-    line = json.loads(audit)
+    header, line = (json.loads(x) for x in audit.splitlines())
+    assert header["section"]["model"] == gemini_cfg.teacher.gemini.model  # the section this run appended
     assert line["record_id"] == request_pair[0].context.record_id
     assert line["parts"][0]["size"] == len(request_pair[0].masks[0])
     assert "inferior mesenteric vein" in line["text"]

@@ -1,4 +1,4 @@
-"""The hand-written DPO losses against a direct transcription of the papers' formulas."""
+"""The hand-written preference losses against a direct transcription of the papers' formulas; the loss registry."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from cme_vlm.errors import ConfigError
-from cme_vlm.schema import DPOLoss
-from cme_vlm.training.dpo_losses import dpo_loss
+from cme_vlm.models.logprobs import PairLogps
+from cme_vlm.schema import DPOConfig
+from cme_vlm.training import dpo_losses
+from cme_vlm.training.dpo_losses import PreferenceLoss, build_loss, register_loss
 
 BETA = 0.3
 EPS = 0.2
@@ -20,7 +22,7 @@ def _paper(pw: torch.Tensor, pl: torch.Tensor, rw: torch.Tensor, rl: torch.Tenso
     out = []
     for a, b, c, d in zip(pw.tolist(), pl.tolist(), rw.tolist(), rl.tolist()):
         h = (a - c) - (b - d)
-        sig = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
+        sig = lambda x: 1.0 / (1.0 + math.exp(-x))
         if kind == "sigmoid":
             out.append(-(1 - eps) * math.log(sig(BETA * h)) - eps * math.log(sig(-BETA * h)))
         elif kind == "robust":
@@ -35,7 +37,7 @@ def _paper(pw: torch.Tensor, pl: torch.Tensor, rw: torch.Tensor, rl: torch.Tenso
 def _paper_autograd(pw: torch.Tensor, pl: torch.Tensor, rw: torch.Tensor, rl: torch.Tensor, kind: str, eps: float):
     """The same formulas as float64 tensor ops, for autograd."""
     h = (pw - rw) - (pl - rl)
-    sig = lambda x: 1 / (1 + torch.exp(-x))  # noqa: E731
+    sig = lambda x: 1 / (1 + torch.exp(-x))
     if kind == "sigmoid":
         losses = -(1 - eps) * torch.log(sig(BETA * h)) - eps * torch.log(sig(-BETA * h))
     elif kind == "robust":
@@ -52,45 +54,81 @@ def _random_logps(seed: int, n: int = 16) -> list[torch.Tensor]:
     return [-torch.rand(n, generator=g) * 40 - 5 for _ in range(4)]
 
 
+def _lengths(seed: int, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, 60, (n,), generator=g), torch.randint(1, 60, (n,), generator=g)
+
+
+def _loss(kind: str, eps: float = 0.0, sft_weight: float = 0.0) -> PreferenceLoss:
+    return build_loss(DPOConfig(loss=kind, beta=BETA, label_smoothing=eps, sft_weight=sft_weight))
+
+
+def _on_paper_logps(kind, pw, pl, rw, rl, na, nr):
+    """IPO's paper defines it on length-averaged log-probs; the others on summed ones."""
+    return (pw / na, pl / nr, rw / na, rl / nr) if kind == "ipo" else (pw, pl, rw, rl)
+
+
 CASES = [("sigmoid", 0.0), ("sigmoid", EPS), ("robust", EPS), ("ipo", 0.0), ("hinge", 0.0)]
 
 
 @pytest.mark.parametrize(("kind", "eps"), CASES)
 def test_matches_paper_formula(kind: str, eps: float) -> None:
     pw, pl, rw, rl = _random_logps(0)
-    out = dpo_loss(pw, pl, rw, rl, beta=BETA, loss=DPOLoss(kind), label_smoothing=eps)
-    expected = _paper(pw, pl, rw, rl, kind, eps)
-    torch.testing.assert_close(out.losses.double(), expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out.accepted_rewards, BETA * (pw - rw))
-    torch.testing.assert_close(out.rejected_rewards, BETA * (pl - rl))
-    assert out.accuracy.item() == pytest.approx(((pw - rw) > (pl - rl)).float().mean().item())
+    na, nr = _lengths(0)
+    out = _loss(kind, eps)(PairLogps(pw, pl, na, nr), rw, rl)
+    qw, ql, sw, sl = _on_paper_logps(kind, pw, pl, rw, rl, na, nr)
+    torch.testing.assert_close(out.losses.double(), _paper(qw, ql, sw, sl, kind, eps), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.accepted_rewards, BETA * (qw - sw))
+    torch.testing.assert_close(out.rejected_rewards, BETA * (ql - sl))
+    assert out.correct.mean().item() == pytest.approx(((qw - sw) > (ql - sl)).float().mean().item())
 
 
 @pytest.mark.parametrize(("kind", "eps"), CASES)
 def test_gradients_match_float64_autograd(kind: str, eps: float) -> None:
     base = _random_logps(1)
+    na, nr = _lengths(1)
     ours = [t.clone().requires_grad_(True) for t in base]
-    dpo_loss(*ours, beta=BETA, loss=DPOLoss(kind), label_smoothing=eps).loss.backward()
+    _loss(kind, eps)(PairLogps(ours[0], ours[1], na, nr), ours[2], ours[3]).loss.backward()
     ref = [t.double().requires_grad_(True) for t in base]
-    _paper_autograd(*ref, kind, eps).backward()
+    _paper_autograd(*_on_paper_logps(kind, *ref, na.double(), nr.double()), kind, eps).backward()
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-6)
     assert ours[0].grad.abs().sum() > 0
 
 
-def test_sft_term_adds_weighted_nll() -> None:
+def test_sft_term_adds_weighted_per_token_nll() -> None:
     pw, pl, rw, rl = _random_logps(2)
-    nll = torch.rand(16)
-    plain = dpo_loss(pw, pl, rw, rl, beta=BETA)
-    mixed = dpo_loss(pw, pl, rw, rl, beta=BETA, sft_weight=0.5, accepted_nll=nll)
-    torch.testing.assert_close(mixed.losses, plain.losses + 0.5 * nll)
-    with pytest.raises(ValueError, match="accepted_nll"):
-        dpo_loss(pw, pl, rw, rl, beta=BETA, sft_weight=0.5)
+    na, nr = _lengths(2)
+    policy = PairLogps(pw, pl, na, nr)
+    plain, mixed = _loss("sigmoid")(policy, rw, rl), _loss("sigmoid", sft_weight=0.5)(policy, rw, rl)
+    torch.testing.assert_close(mixed.losses, plain.losses + 0.5 * (-pw / na))
 
 
 def test_bad_hyperparameters_are_config_errors() -> None:
-    pw, pl, rw, rl = _random_logps(3)
     with pytest.raises(ConfigError, match="dpo.beta"):
-        dpo_loss(pw, pl, rw, rl, beta=0.0)
+        build_loss(DPOConfig(beta=0.0))
     with pytest.raises(ConfigError, match="label_smoothing"):
-        dpo_loss(pw, pl, rw, rl, beta=BETA, loss=DPOLoss.robust, label_smoothing=0.5)
+        build_loss(DPOConfig(loss="robust", label_smoothing=0.5))
+
+
+def test_unknown_loss_names_the_registered_ones() -> None:
+    with pytest.raises(ConfigError, match="dpo.loss='simpo'.*hinge, ipo, robust, sigmoid"):
+        build_loss(DPOConfig(loss="simpo"))
+
+
+def test_a_new_variant_is_one_class_and_a_config_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cme_vlm.config import load_config
+
+    monkeypatch.setattr(dpo_losses, "LOSSES", dict(dpo_losses.LOSSES))
+
+    @register_loss("exponential")
+    class ExponentialLoss(PreferenceLoss):
+        """``exp(−βh)``."""
+
+        def pair_losses(self, h: torch.Tensor) -> torch.Tensor:
+            return torch.exp(-self.beta * h)
+
+    cfg = load_config(None, ["dpo.loss=exponential", f"dpo.beta={BETA}", "dpo.sft_weight=0"])
+    pw, pl, rw, rl = _random_logps(4)
+    out = build_loss(cfg.dpo)(PairLogps(pw, pl, *_lengths(4)), rw, rl)
+    torch.testing.assert_close(out.losses, torch.exp(-BETA * ((pw - rw) - (pl - rl))))

@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cme_vlm.data.collate import ChatEncoder
 from cme_vlm.models.adapters import COMPONENTS
+from cme_vlm.models.encoding import ChatEncoder
 from cme_vlm.models.freezing import apply_freezing, parameter_counts
+from cme_vlm.models.logprobs import answer_logprobs, count_targets
 from cme_vlm.schema import ComponentMode as M
 from cme_vlm.schema import FreezingConfig
-from cme_vlm.training.logprobs import answer_logprobs, count_targets
 from cme_vlm.training.losses import sft_loss
 
 CASES = {

@@ -8,9 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from cme_vlm.data.collate import ChatEncoder
-from cme_vlm.training.logprobs import answer_logprobs, count_targets
-from cme_vlm.training.losses import next_token_targets, sequence_logprobs, sft_loss, token_logprobs
+from cme_vlm.models.encoding import ChatEncoder
+from cme_vlm.models.logprobs import (
+    answer_logprobs,
+    count_targets,
+    next_token_targets,
+    sequence_logprobs,
+    token_logprobs,
+)
+from cme_vlm.training.losses import sft_loss
 
 IMAGES = [Image.new("RGB", (112, 112), (0, 200, 0)), Image.new("RGB", (168, 112), (200, 40, 40))]
 PROMPTS = ["Which structure is highlighted?", "Name the structure marked by the overlay."]
@@ -62,6 +68,6 @@ def test_token_logprobs_is_log_softmax_and_sums_per_sequence():
     hidden, weight = torch.randn(5, 4, dtype=torch.float64), torch.randn(9, 4, dtype=torch.float64)
     targets = torch.tensor([1, 8, 0, 3, 3])
     expected = torch.log_softmax(hidden @ weight.T, -1)[torch.arange(5), targets]
-    torch.testing.assert_close(token_logprobs(hidden, weight, targets, chunk_size=2), expected.float())
+    torch.testing.assert_close(token_logprobs(hidden, weight, targets, chunk_size=2), expected)
     positions = torch.tensor([[False, True, True, False], [True, True, True, False]])
     torch.testing.assert_close(sequence_logprobs(expected, positions), torch.stack([expected[:2].sum(), expected[2:].sum()]))

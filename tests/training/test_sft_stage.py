@@ -12,7 +12,7 @@ from datasets import Dataset
 from PIL import Image
 
 from cme_vlm.data.records import RECORD_FEATURES, save_dataset
-from cme_vlm.schema import FreezingConfig
+from cme_vlm.schema import FreezingConfig, Optimizer
 from cme_vlm.training.sft_stage import train_sft
 
 COLOURS = {"pancreas": (230, 200, 120), "duodenum": (200, 120, 120), "inferior_mesenteric_vein": (70, 80, 150)}
@@ -51,7 +51,7 @@ def _cfg(tiny_cfg, **sft):
 def test_export_reloads_with_transformers_and_gives_same_logits(tiny_cfg, answered, tmp_path):
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    from cme_vlm.data.collate import ChatEncoder
+    from cme_vlm.models.encoding import ChatEncoder
     from cme_vlm.models.loading import load_model
 
     folder = train_sft(_cfg(tiny_cfg, max_steps=3), answered, tmp_path)
@@ -84,8 +84,10 @@ def _assert_close_tensors(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-def test_resume_mid_epoch_ends_with_the_uninterrupted_weights_and_optimizer_state(tiny_cfg, answered, tmp_path):
-    cfg = _cfg(tiny_cfg, max_steps=4)
+@pytest.mark.parametrize("stepping", [{}, {"optimizer": Optimizer.kahan_adamw, "gradient_release": True, "grad_clip": 0.0}],
+                         ids=["adamw", "gradient-release"])
+def test_resume_mid_epoch_ends_with_the_uninterrupted_weights_and_optimizer_state(tiny_cfg, answered, tmp_path, stepping):
+    cfg = _cfg(tiny_cfg, max_steps=4, **stepping)
     train_sft(cfg, answered, tmp_path / "a")  # 3 batches an epoch: step 2 is mid-epoch
     mid = torch.load(tmp_path / "a" / "checkpoints" / "step=2.ckpt", weights_only=False)
     assert mid["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] % 3 != 0

@@ -14,12 +14,12 @@ def train_with_callbacks(cfg, dataset, out: Path) -> Path:
     import lightning as L
     import wandb
 
-    from callbacks import build_callbacks
-    from cme_vlm.data.collate import ChatEncoder
-    from cme_vlm.data.datamodules import SFTDataModule
+    from cme_vlm.callbacks import build_callbacks
+    from cme_vlm.models.encoding import ChatEncoder
     from cme_vlm.models.loading import load_model
+    from cme_vlm.tracking import wandb_logger
+    from cme_vlm.training.datamodules import SFTDataModule
     from cme_vlm.training.sft_module import SFTModule
-    from cme_vlm.training.sft_stage import wandb_logger
 
     loaded = load_model(copy.deepcopy(cfg))
     data = SFTDataModule(dataset, ChatEncoder(loaded, 512), cfg.sft)

@@ -6,78 +6,19 @@
 from __future__ import annotations
 
 import json
-import struct
-import time
-from pathlib import Path
 
 import pytest
+from offline_wandb import read_offline_run, read_table
 
-from callbacks import build_callbacks, validation_subset
-from callbacks.ablation import config_diff
-
-BLOCK = 32 * 1024
-HEADER = 7  # ":W&B", magic, version
-
-
-def _chunks(data: bytes):
-    """Payloads of the LevelDB-style log that W&B writes (records split across 32 KiB blocks)."""
-    pos, pending = HEADER, b""
-    while pos + 7 <= len(data):
-        left = BLOCK - pos % BLOCK
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
-        if left < 7 or (length == 0 and kind == 0):
-            pos += left
-            continue
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind == 1:
-            yield chunk
-        elif kind in (2, 3):
-            pending += chunk
-        elif kind == 4:
-            yield pending + chunk
-            pending = b""
-
-
-def read_run(folder: Path, timeout_s: float = 30.0) -> dict:
-    """Tags, config and history rows of an offline run, from its ``run-*.wandb`` file.
-
-    W&B's service may still be writing when ``wandb.finish`` returns, so wait for the exit record.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        run = _parse(folder)
-        if run["exited"] or time.monotonic() > deadline:
-            assert run["exited"], f"no exit record in {folder} after {timeout_s} s"
-            return run
-        time.sleep(0.2)
-
-
-def _parse(folder: Path) -> dict:
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    (path,) = folder.glob("run-*.wandb")
-    assert path.read_bytes()[:4] == b":W&B"
-    out: dict = {"tags": set(), "config": {}, "history": [], "exited": False}
-    for raw in _chunks(path.read_bytes()):
-        record = pb.Record()
-        record.ParseFromString(raw)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            out["tags"] |= set(record.run.tags)
-        elif kind == "config":
-            out["config"].update({u.key: json.loads(u.value_json) for u in record.config.update})
-        elif kind == "history":
-            out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
-        elif kind == "exit":
-            out["exited"] = True
-    return out
+from cme_vlm.callbacks import build_callbacks, validation_subset
+from cme_vlm.callbacks.ablation import config_diff
 
 
 @pytest.mark.slow
 def test_offline_run_holds_judge_scores_per_structure_metrics_and_ablation(offline_run):
-    cfg, folder = offline_run
-    run = read_run(folder)
-    assert {"ablation:no_overlay", "base:demo"} <= run["tags"]
+    _, folder = offline_run
+    run = read_offline_run(folder)
+    assert {"ablation:no_overlay", "base:demo"} <= set(run["tags"])
     assert run["config"]["ablation"] == "no_overlay" and run["config"]["base_experiment"] == "demo"
     assert run["config"]["ablation_diff"]["data.overlay.enabled"] == {"base": True, "run": False}
     judged = [h for h in run["history"] if "val/judge" in h]
@@ -91,14 +32,12 @@ def test_offline_run_holds_judge_scores_per_structure_metrics_and_ablation(offli
 @pytest.mark.slow
 def test_no_image_leaves_the_machine_when_uploads_are_not_allowed(offline_run):
     _, folder = offline_run
-    run = read_run(folder)
-    tables = [h for h in run["history"] if h.get("val/samples/_type") == "table-file"]
-    assert tables and all(h["val/samples/ncols"] == 8 for h in tables)
-    values = json.dumps(run["history"])
-    assert "image-file" not in values
+    run = read_offline_run(folder)
+    assert "image-file" not in json.dumps(run["history"])
     assert not list(folder.rglob("*.png")) and not list(folder.rglob("*.jpg"))
-    table = json.loads(next((folder / "files").rglob("*.table.json")).read_text())
+    table = read_table(folder, run["summary"]["val/samples"])
     assert "overlay" not in table["columns"] and "answer" in table["columns"]
+    assert len(table["data"]) == 3  # every case of the validation subset
 
 
 def test_build_callbacks_follows_the_config(tiny_cfg, tiny_loaded, answered_records):
@@ -125,7 +64,7 @@ def test_config_diff_lists_only_changed_keys(tiny_cfg):
 def test_every_n_validations_skips_sanity_checks_and_counts_from_the_first():
     from types import SimpleNamespace
 
-    from callbacks.sampler import SampledValidationCallback
+    from cme_vlm.callbacks.sampler import SampledValidationCallback
 
     every2 = SampledValidationCallback(None, 2)
     sanity, real = SimpleNamespace(sanity_checking=True), SimpleNamespace(sanity_checking=False)

@@ -1,0 +1,135 @@
+"""The decode engine of every generation path: records prefilled once, any number of draws continued from them.
+
+``SharedPrefix`` runs the vision encoder and the prompt prefill of a batch of records once and
+keeps the KV cache; ``decode`` continues any rows from it (a record with its own sampling
+setting, or greedy) in one batched transformers ``generate``, so the K candidates of a record
+cost one prefill, not K. The prefix holds every prompt token but the last: ``generate`` feeds
+that last token itself, which is how it continues from a cache, and counts ``max_new_tokens``
+from the whole prompt. The multimodal rotary offsets (``rope_deltas``) that Qwen-VL models keep
+from their prefill are copied to the continued rows.
+
+The KV cache and the compiled decode step follow ``GenerationConfig`` (``DecodeMode``):
+transformers compiles the model's forward for the decode steps when the cache is static
+(``torch.compile`` mode ``reduce-overhead``: CUDA graphs), and runs the prefill eagerly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import CompileConfig, DynamicCache, LogitsProcessorList, StaticCache
+
+from cme_vlm.models.loading import LoadedModel
+from cme_vlm.models.logprobs import hf_model
+from cme_vlm.models.row_sampler import RowSampler
+from cme_vlm.schema import CacheKind, GenerationConfig, SamplingSetting, Switch
+
+CACHE_BLOCK = 64  # a static cache is sized in blocks, so prompts of nearby lengths share one compiled shape
+PREFIX_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # per-token inputs, cut before the last token
+IMAGE_KEYS = ("pixel_values", "image_grid_thw")
+
+
+@dataclass(frozen=True)
+class DecodeMode:
+    """The cache and compilation ``GenerationConfig`` resolves to on one device."""
+
+    static_cache: bool
+    compiled: bool
+
+    @classmethod
+    def resolve(cls, generation: GenerationConfig, device: torch.device) -> DecodeMode:
+        """``auto`` is the static cache and the compiled step on CUDA, the dynamic cache and eager steps elsewhere.
+
+        ``compile=always`` with ``cache=dynamic`` is refused when the config is loaded (``cme_vlm.config``).
+        """
+        cuda = device.type == "cuda"
+        static = generation.cache is CacheKind.static or (
+            generation.cache is CacheKind.auto and (cuda or generation.compile is Switch.always)
+        )
+        compiled = generation.compile is Switch.always or (generation.compile is Switch.auto and cuda and static)
+        return cls(static, compiled)
+
+    def generate_kwargs(self, device: torch.device) -> dict[str, Any]:
+        """What ``generate`` needs to compile the decode step, or not to."""
+        if not self.compiled:
+            return {"disable_compile": True}  # transformers otherwise compiles any static-cache decode on CUDA
+        config = CompileConfig()
+        # transformers' own switch for compiling off CUDA (its default is CUDA-like devices only)
+        config._compile_all_devices = device.type != "cuda"
+        return {"compile_config": config}
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One answer to decode: the record (its index in the prefix) it continues, and its setting (None: greedy)."""
+
+    record: int
+    setting: SamplingSetting | None = None
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """``model`` in eval mode without gradients, restored afterwards (the validation sampler calls mid-training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _cache_length(tokens: int) -> int:
+    return -(-tokens // CACHE_BLOCK) * CACHE_BLOCK
+
+
+class SharedPrefix:
+    """A batch of encoded records (``inputs``: the processor's left-padded output), prefilled once."""
+
+    def __init__(self, loaded: LoadedModel, inputs: dict[str, torch.Tensor], generation: GenerationConfig) -> None:
+        self.loaded = loaded
+        self.inputs = {k: v.to(loaded.model.device) for k, v in inputs.items()}
+        self.mode = DecodeMode.resolve(generation, loaded.model.device)
+        self.cache = DynamicCache(config=loaded.model.config)
+        head = {k: self.inputs[k][:, :-1] for k in PREFIX_KEYS if k in self.inputs}
+        images = {k: self.inputs[k] for k in IMAGE_KEYS if k in self.inputs}
+        with evaluating(loaded.model):
+            loaded.model(**head, **images, cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.rope_deltas = hf_model(loaded.model).model.rope_deltas
+
+    def _continued_cache(self, rows: torch.Tensor, length: int) -> DynamicCache | StaticCache:
+        """A cache whose row ``j`` holds the prefix of record ``rows[j]``, with room for ``length`` tokens."""
+        config = self.loaded.model.config
+        if self.mode.static_cache:
+            cache: DynamicCache | StaticCache = StaticCache(config=config, max_cache_len=_cache_length(length))
+        else:
+            cache = DynamicCache(config=config)
+        for index, layer in enumerate(self.cache.layers):
+            cache.update(layer.keys[rows], layer.values[rows], index)
+        return cache
+
+    def new_tokens(self, draws: Sequence[Draw], max_new_tokens: int) -> torch.Tensor:
+        """``[len(draws), n <= max_new_tokens]`` new token ids; a finished row is padded after its end token."""
+        model = self.loaded.model
+        rows = torch.tensor([d.record for d in draws], device=model.device)
+        ids, mask = self.inputs["input_ids"][rows], self.inputs["attention_mask"][rows]
+        cache = self._continued_cache(rows, ids.shape[1] + max_new_tokens)
+        hf_model(model).model.rope_deltas = self.rope_deltas[rows]
+        settings = [d.setting for d in draws]
+        sampler = [RowSampler(settings, model.device)] if any(s is not None for s in settings) else []
+        with evaluating(model):
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, cache=cache, max_new_tokens=max_new_tokens,
+                do_sample=False, temperature=None, top_p=None, top_k=None,
+                logits_processor=LogitsProcessorList(sampler), **self.mode.generate_kwargs(model.device),
+            )
+        return out[:, ids.shape[1]:]
+
+    def answers(self, draws: Sequence[Draw], max_new_tokens: int) -> list[str]:
+        """The text of each draw, special tokens dropped."""
+        tokens = self.new_tokens(draws, max_new_tokens)
+        return [t.strip() for t in self.loaded.processor.batch_decode(tokens, skip_special_tokens=True)]

@@ -1,0 +1,93 @@
+"""Experiment tracking: the W&B runs of the stages (offline unless configured).
+
+``wandb_logger`` is the Lightning logger of the training stages; ``stage_run`` is a plain run for
+a stage without a Trainer (preference, evaluation). Both name the run ``<experiment>-<stage>`` with
+the stage as ``job_type``, in the same project and group with the experiment config, so a dashboard
+shows every stage of an experiment together. Neither logs an image unless ``wandb.allow_image_upload``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import wandb
+from lightning.pytorch.loggers import WandbLogger
+
+from cme_vlm.config import to_dict
+from cme_vlm.errors import PrivacyError
+from cme_vlm.schema import ExperimentConfig, WandbConfig
+
+
+def wandb_logger(wandb: WandbConfig, cfg: ExperimentConfig, out: Path, job: str) -> Any:
+    """A W&B logger (offline unless configured); it never logs images unless allowed."""
+    if wandb.mode == "disabled":
+        return False
+    return WandbLogger(
+        project=wandb.project, entity=wandb.entity or None, group=wandb.group or None, tags=wandb.tags,
+        name=f"{cfg.name}-{job}", save_dir=str(out), mode=wandb.mode, job_type=job, config=to_dict(cfg),
+        log_model=False,
+    )
+
+
+def ablation_tags(cfg: ExperimentConfig) -> list[str]:
+    """``ablation:<name>`` and ``base:<experiment>`` for a run of an ablation, to group runs by."""
+    tags = [f"ablation:{cfg.ablation}"] if cfg.ablation else []
+    return tags + ([f"base:{cfg.base}"] if cfg.base else [])
+
+
+def _carries_image(value: Any) -> bool:
+    """Whether a logged value holds an image or video, itself or in a table, list or dict."""
+    if isinstance(value, wandb.Image | wandb.Video):
+        return True
+    if isinstance(value, wandb.Table):
+        return any(_carries_image(cell) for row in value.data for cell in row)
+    if isinstance(value, list | tuple):
+        return any(_carries_image(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(_carries_image(v) for v in value.values())
+    return False
+
+
+class StageRun:
+    """A plain W&B run of one stage; ``log`` refuses images unless ``wandb.allow_image_upload``."""
+
+    def __init__(self, run: Any, allow_images: bool) -> None:
+        self.run = run
+        self.allow_images = allow_images
+
+    def log(self, metrics: Mapping[str, Any]) -> None:
+        for key, value in metrics.items():
+            if not self.allow_images and _carries_image(value):
+                raise PrivacyError(
+                    f"W&B run '{self.run.name}': '{key}' holds an image and wandb.allow_image_upload is false. "
+                    "Log it without the image, or set wandb.allow_image_upload=true if frames may leave the machine."
+                )
+        self.run.log(dict(metrics))
+
+
+@contextmanager
+def stage_run(cfg: ExperimentConfig, out: Path, job: str) -> Iterator[StageRun]:
+    """A W&B run of the stage ``job`` under ``out/wandb``, finished on leaving; ``wandb.mode=disabled`` logs nowhere."""
+    run = wandb.init(
+        project=cfg.wandb.project, entity=cfg.wandb.entity or None, group=cfg.wandb.group or None,
+        tags=[*cfg.wandb.tags, *ablation_tags(cfg)], name=f"{cfg.name}-{job}", dir=str(out), mode=cfg.wandb.mode,
+        job_type=job, config=to_dict(cfg), reinit="create_new",
+    )
+    try:
+        yield StageRun(run, cfg.wandb.allow_image_upload)
+    finally:
+        run.finish()
+
+
+def flat_metrics(prefix: str, tree: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers in a nested summary as ``{"prefix/a/b": value}``; strings and None are left out."""
+    flat: dict[str, float] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_metrics(f"{prefix}/{key}", value))
+        elif isinstance(value, int | float):
+            flat[f"{prefix}/{key}"] = value
+    return flat

@@ -1,0 +1,90 @@
+"""Draws continued from a shared prefix: the same tokens as a separate ``generate``, one prefill, exact lengths."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from forward_counts import counting_forwards
+from PIL import Image
+
+from cme_vlm.config import load_config
+from cme_vlm.errors import ConfigError
+from cme_vlm.models.decoding import DecodeMode, Draw
+from cme_vlm.models.generation import prefill, prompt_texts
+from cme_vlm.schema import CacheKind, GenerationConfig, SamplingSetting, Switch
+
+IMAGES = [Image.new("RGB", (112, 112), (0, 200, 0)), Image.new("RGB", (160, 96), (120, 40, 40))]
+PROMPTS = ["What is the highlighted structure, and why does it matter?", "Name it."]  # different padding and rope deltas
+HOT = SamplingSetting(temperature=1.3, top_p=0.95, top_k=0, seed=7)
+
+
+def separate_greedy(loaded, max_new_tokens: int) -> torch.Tensor:
+    """Each record alone through plain transformers ``generate``: its new tokens, padded to ``max_new_tokens``."""
+    rows = []
+    for image, prompt in zip(IMAGES, PROMPTS):
+        batch = loaded.processor(text=prompt_texts(loaded, [prompt]), images=[image], return_tensors="pt")
+        with torch.no_grad():
+            out = loaded.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        rows.append(out[0, batch["input_ids"].shape[1]:])
+    pad = loaded.tokenizer.pad_token_id
+    return torch.stack([torch.cat([r, r.new_full((max_new_tokens - len(r),), pad)]) for r in rows])
+
+
+@pytest.mark.parametrize("cache", [CacheKind.dynamic, CacheKind.static])
+def test_greedy_draws_from_the_prefix_equal_separate_generation(tiny_loaded, cache):
+    prefix = prefill(tiny_loaded, IMAGES, PROMPTS, GenerationConfig(cache=cache))
+    expected = separate_greedy(tiny_loaded, 10)
+    tokens = prefix.new_tokens([Draw(1), Draw(0), Draw(1), Draw(0, HOT)], 10)  # K rows per record, any order
+    assert torch.equal(tokens[[1, 0, 2]], expected[[0, 1, 1]])
+    assert not torch.equal(tokens[3], expected[0])  # the sampled row of record 0 left the greedy path
+
+
+def test_continuing_needs_the_prefill_rotary_offsets(tiny_loaded):
+    """Qwen-VL's image positions make ``rope_deltas`` non-zero; continuing without them decodes something else."""
+    prefix = prefill(tiny_loaded, IMAGES, PROMPTS, GenerationConfig())
+    assert (prefix.rope_deltas != 0).all()
+    prefix.rope_deltas = torch.zeros_like(prefix.rope_deltas)
+    assert not torch.equal(prefix.new_tokens([Draw(0), Draw(1)], 10), separate_greedy(tiny_loaded, 10))
+
+
+def test_one_vision_pass_and_one_prefill_for_all_draws(tiny_loaded):
+    with counting_forwards(tiny_loaded.model) as counts:
+        prefix = prefill(tiny_loaded, IMAGES, PROMPTS, GenerationConfig())
+        prefix.new_tokens([Draw(r, dataclasses.replace(HOT, seed=s)) for r in (0, 1) for s in range(5)], 6)
+        prefix.new_tokens([Draw(0, HOT)], 6)  # a re-sample from the same prefix
+    assert counts.images_encoded == [2]
+    assert counts.prefill_rows == [2]  # one multi-token forward, over the two records only
+
+
+def test_seeded_draws_repeat_and_ignore_their_neighbours(tiny_loaded):
+    prefix = prefill(tiny_loaded, IMAGES, PROMPTS, GenerationConfig())
+    alone = prefix.new_tokens([Draw(0, HOT)], 8)
+    crowded = prefix.new_tokens([Draw(1, HOT), Draw(0, dataclasses.replace(HOT, seed=8)), Draw(0, HOT)], 8)
+    assert torch.equal(crowded[2], alone[0])
+    assert not torch.equal(crowded[1], alone[0])
+
+
+@pytest.mark.parametrize("cache", [CacheKind.dynamic, CacheKind.static])
+def test_max_new_tokens_is_exact(tiny_loaded, cache):
+    prefix = prefill(tiny_loaded, IMAGES, PROMPTS, GenerationConfig(cache=cache))
+    end, pad = tiny_loaded.model.generation_config.eos_token_id, tiny_loaded.tokenizer.pad_token_id
+    for n in (1, 7):
+        tokens = prefix.new_tokens([Draw(0), Draw(1), Draw(0, HOT)], n)
+        assert tokens.shape == (3, n)  # random weights: no row ends early at these lengths
+        assert not ((tokens == end) | (tokens == pad)).any()
+
+
+def test_decode_mode_resolves_auto_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = GenerationConfig()
+    assert DecodeMode.resolve(auto, cpu) == DecodeMode(static_cache=False, compiled=False)
+    assert DecodeMode.resolve(auto, cuda) == DecodeMode(static_cache=True, compiled=True)
+    assert DecodeMode.resolve(GenerationConfig(cache=CacheKind.dynamic), cuda) == DecodeMode(False, False)
+    assert DecodeMode.resolve(GenerationConfig(compile=Switch.never), cuda) == DecodeMode(True, False)
+    forced = DecodeMode.resolve(GenerationConfig(compile=Switch.always), cpu)
+    assert forced == DecodeMode(True, True) and forced.generate_kwargs(cpu)["compile_config"]._compile_all_devices
+    assert DecodeMode.resolve(GenerationConfig(cache=CacheKind.static), cpu).generate_kwargs(cpu) == {"disable_compile": True}
+    with pytest.raises(ConfigError, match="generation.cache=static"):
+        load_config(None, ["generation.compile=always", "generation.cache=dynamic"])

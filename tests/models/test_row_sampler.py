@@ -1,0 +1,39 @@
+"""Per-row sampling: transformers' warpers per setting, draws from the warped distribution, greedy rows untouched."""
+
+from __future__ import annotations
+
+import torch
+
+from cme_vlm.models.row_sampler import RowSampler, warpers
+from cme_vlm.schema import SamplingSetting
+
+CPU = torch.device("cpu")
+LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.0, -1.0, -3.0])
+
+
+def drawn(sampler: RowSampler, scores: torch.Tensor) -> torch.Tensor:
+    out = sampler(torch.zeros(len(scores), 1, dtype=torch.long), scores)
+    return out.argmax(-1)
+
+
+def test_draws_follow_the_warped_distribution():
+    setting = SamplingSetting(temperature=0.8, top_p=0.9, top_k=4, seed=0)
+    n = 20_000
+    sampler = RowSampler([SamplingSetting(0.8, 0.9, 4, seed) for seed in range(n)], CPU)
+    counts = torch.bincount(drawn(sampler, LOGITS.expand(n, -1).clone()), minlength=len(LOGITS)) / n
+    expected = warpers(setting)(torch.zeros(1, 1, dtype=torch.long), LOGITS[None].clone()).softmax(-1)[0]
+    assert counts[expected == 0].sum() == 0  # never a token the warpers filtered out
+    assert torch.allclose(counts, expected, atol=0.015)
+
+
+def test_each_row_keeps_its_own_setting_and_seed():
+    narrow = SamplingSetting(temperature=1.0, top_k=1, seed=3)  # top-1: the argmax whatever the seed
+    wide = SamplingSetting(temperature=5.0, seed=3)
+    scores = torch.stack([LOGITS.roll(i) for i in range(4)])
+    sampler = RowSampler([narrow, None, wide, wide], CPU)
+    out = sampler(torch.zeros(4, 1, dtype=torch.long), scores.clone())
+    assert out[0].argmax() == scores[0].argmax()
+    assert torch.equal(out[1], scores[1])  # a greedy row keeps its scores
+    assert (out[[0, 2, 3]] == 0).sum(-1).tolist() == [1, 1, 1]  # one drawn token per sampled row
+    again = RowSampler([wide], CPU)(torch.zeros(1, 1, dtype=torch.long), scores[2:3].clone())
+    assert torch.equal(again[0], out[2])  # the row's seed alone decides its draw
