@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from cme_vlm.config import config_value, to_dict
-from cme_vlm.schema import DataSource, ExperimentConfig
+from cme_vlm.schema import DataSource, ExperimentConfig, PreferenceConfig
 
 StageFunction = Callable[..., Any]  # function(cfg, **inputs, out=folder)
 
@@ -128,6 +128,8 @@ def _with_dpo(cfg: ExperimentConfig) -> bool:
     return "dpo" in cfg.eval.models
 
 
+# what the preference stage reads of its section: all but `rounds`, which only lays out the stages (stages_for)
+PREFERENCE_KEYS = tuple(f"preference.{f.name}" for f in fields(PreferenceConfig) if f.name != "rounds")
 DATASET = "dataset"
 MODEL = "model"
 ANSWERED = Input("dataset", "answered instruction dataset", "teacher", DATASET)
@@ -159,7 +161,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "preference", "04-preference", ("preference", "build"), "sample K answers, judge pairs, reference log-probs",
         _build_preferences, (ANSWERED, SFT_MODEL),
-        reads=("anatomy", "model", "generation", "preference", "teacher.gemini", "teacher.min_words", "teacher.max_words",
+        reads=("anatomy", "model", "generation", *PREFERENCE_KEYS, "teacher.gemini", "teacher.min_words", "teacher.max_words",
                "eval.judge_weights", "dpo.max_length"),
         writes=("candidates.jsonl", "selection.jsonl", "dataset/", "summary.json", "journal.jsonl", "audit.jsonl"),
         keeps=("journal.jsonl", "audit.jsonl", "review"), enabled=_with_dpo,

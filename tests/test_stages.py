@@ -91,3 +91,9 @@ def test_the_docs_show_the_registrys_stage_table():
 def test_the_readme_shows_the_registrys_stage_table():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert markdown_table() in readme, "regenerate the table with `python -m cme_vlm.stages` and paste it into README.md"
+
+
+def test_a_second_round_adds_its_stages_and_leaves_the_first_rounds_up_to_date():
+    one, two = fingerprints(load_config()), fingerprints(load_config(None, ["preference.rounds=2"]))
+    assert [s for s in two if s not in one] == ["preference-r2", "dpo-r2"]
+    assert {s for s in one if one[s] != two[s]} == {"eval"}

@@ -30,6 +30,11 @@ TABLE_METRICS = ("bleu4", "bertscore", "judge", "identification")
 MODEL_LABELS = {"base": "Base", "sft": "SFT", "dpo": "DPO"}
 
 
+def model_label(name: str) -> str:
+    """How the report names a model: Base, SFT, DPO, and a later preference round's DPO as "DPO r2"."""
+    return MODEL_LABELS.get(name) or name.replace("dpo_r", "DPO r")
+
+
 def read_metrics(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / METRICS_FILENAME
     if not path.is_file():
@@ -44,7 +49,7 @@ def _fmt(s: dict[str, Any]) -> str:
 def main_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of Table 1: one column per model."""
     models = metrics["models"]
-    header = ["Metric", *(MODEL_LABELS.get(m, m) for m in models)]
+    header = ["Metric", *(model_label(m) for m in models)]
     rows = [[METRICS[k], *(_fmt(models[m]["summary"][k]) for m in models)]
             for k in ("bleu4", "bertscore", "judge", "judge_clinical", "judge_conciseness", "identification")]
     rows.append(["Corpus BLEU-4", *(f"{models[m]['corpus_bleu']:.2f}" for m in models)])
@@ -109,7 +114,7 @@ def structure_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]
         for name, model in metrics["models"].items():
             per = model["per_structure"].get(structure)
             if per:
-                rows.append([structure, MODEL_LABELS.get(name, name), str(per["judge"]["n"]),
+                rows.append([structure, model_label(name), str(per["judge"]["n"]),
                              *(_fmt(per[k]) for k in TABLE_METRICS)])
     return header, rows
 
@@ -122,7 +127,7 @@ def bar_chart(metrics: dict[str, Any]) -> bytes:
     width = 0.8 / max(1, len(models))
     for i, (name, model) in enumerate(models.items()):
         values = [model["per_structure"].get(s, {}).get("judge", {}).get("mean", 0.0) or 0.0 for s in structures]
-        ax.bar([x + i * width for x in range(len(structures))], values, width, label=MODEL_LABELS.get(name, name))
+        ax.bar([x + i * width for x in range(len(structures))], values, width, label=model_label(name))
     ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(structures))])
     ax.set_xticklabels([s.replace("_", " ") for s in structures], rotation=15)
     ax.set_ylim(0, 5)
@@ -139,7 +144,7 @@ def provenance_lines(metrics: dict[str, Any]) -> list[str]:
     p = metrics["provenance"]
     d, b = p["data"], p["bertscore"]
     lines = [
-        *(f"Model **{MODEL_LABELS.get(n, n)}**: {m['path']} (fingerprint {m['fingerprint']})" for n, m in p["models"].items()),
+        *(f"Model **{model_label(n)}**: {m['path']} (fingerprint {m['fingerprint']})" for n, m in p["models"].items()),
         f"Data: {d['source']}{' (not clinical data)' if d['synthetic'] else ''}, {d['n_records']} records, splits "
         + ", ".join(f"{k} {v}" for k, v in sorted(d["splits"].items())) + f"; test cases evaluated: {len(metrics['cases'])}",
         f"BLEU: {p['bleu']}",
@@ -172,7 +177,7 @@ def render_markdown(metrics: dict[str, Any]) -> str:
     for case in (c for c in metrics["cases"] if c["gallery"]):
         parts += [f"### {case['structure']} ({case['side']}-sided)", "", f"![overlay]({case['gallery']})", "",
                   f"*Prompt:* {case['prompt']}", "", f"*Reference:* {case['reference']}", ""]
-        parts += [f"- **{MODEL_LABELS.get(m, m)}** (judge {a['judge']:.2f}): {a['answer']}" for m, a in case["answers"].items()]
+        parts += [f"- **{model_label(m)}** (judge {a['judge']:.2f}): {a['answer']}" for m, a in case["answers"].items()]
         parts.append("")
     return "\n".join(parts)
 
@@ -215,7 +220,7 @@ def render_html(metrics: dict[str, Any], folder: Path, chart: bytes) -> str:
     for case in (c for c in metrics["cases"] if c["gallery"]):
         image = _data_uri((folder / case["gallery"]).read_bytes())
         answers = "".join(
-            f"<p class='answer'><span class='score'>{e(MODEL_LABELS.get(m, m))} (judge {a['judge']:.2f}):</span> "
+            f"<p class='answer'><span class='score'>{e(model_label(m))} (judge {a['judge']:.2f}):</span> "
             f"{e(a['answer'])}</p>" for m, a in case["answers"].items()
         )
         parts.append(f"<div class='case'><img alt='overlay of {e(case['structure'])}' src='{image}'><div>"
