@@ -32,7 +32,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     source = out / "source"  # a copy: building must not write into the checkout
     shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "*.egg-info", "build",
-                                                                      "__pycache__", ".anchors", "bench/out"))
+                                                                      "__pycache__", ".anchors", ".whl", "bench/out"))
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(source)], out)
     return next(out.glob("cme_vlm-*.whl"))
 
