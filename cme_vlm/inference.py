@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from cme_vlm.data.prompts import student_prompt
 from cme_vlm.errors import DataError
 from cme_vlm.models.generation import generate
 from cme_vlm.models.loading import load_model
+from cme_vlm.review_sheet import png_bytes
 from cme_vlm.schema import ExperimentConfig
 
 console = Console()
@@ -65,8 +65,6 @@ def explain(
     prompt = _prompt_for(cfg, Path(frame))
     answer = generate(loaded, [image], [prompt], cfg.eval.max_new_tokens, 1, cfg.generation)[0]
     out = Path.cwd() / f"{Path(frame).stem}_overlay.png"
-    png = io.BytesIO()
-    image.save(png, format="PNG")
-    atomic.write_bytes(out, png.getvalue())
+    atomic.write_bytes(out, png_bytes(image))
     console.print(Panel(answer, title=prompt, subtitle=f"overlay: {out}"))
     return answer

@@ -21,7 +21,6 @@ from cme_vlm.schema import ComponentMode, DataSource, ExperimentConfig, JudgeBac
 from cme_vlm.stages import STAGE_BY_NAME, Stage
 
 console = Console()
-GIB = 1024**3
 
 
 def _records_estimate(cfg: ExperimentConfig, run_dir: Path) -> tuple[int, str]:
@@ -97,11 +96,11 @@ def _calls_table(cfg: ExperimentConfig, n: int, basis: str) -> Table:
 
 def _memory_table(cfg: ExperimentConfig) -> Table:
     """Each training stage's peak as measured on fake tensors (``cme_vlm.bench.memory``), where recorded for these settings."""
-    from cme_vlm.bench.memory import cached_step_memory, stage_train
+    from cme_vlm.bench.memory import GIB_COLUMNS, cached_step_memory, stage_train
 
-    parts = ("weights", "grads", "optim.", "activ.", "peak")
     table = folding_table(f"training memory of one step in GiB, measured ({cfg.model.name}; live tensors at the peak, "
-                          "without CUDA context and allocator slack)", "stage", "trained", "tokens", *parts, right=parts)
+                          "without CUDA context and allocator slack)", "stage", "trained", "tokens", *GIB_COLUMNS,
+                          right=GIB_COLUMNS)
     for stage in ("sft", "dpo"):
         train = stage_train(cfg, stage)
         trained = ", ".join(c for c in COMPONENTS if getattr(train.freezing, c) is not ComponentMode.freeze)
@@ -111,8 +110,6 @@ def _memory_table(cfg: ExperimentConfig) -> Table:
             table.caption = ("not measured: these settings have no recorded step; `cme-vlm bench --memory` with the same "
                              "config and overrides records one (a minute or two on a CPU)")
             continue
-        shape, parts = measured.shape, measured.parts
-        table.add_row(stage, trained, f"{shape['sequences']} × {shape['sequence_length']}",
-                      *(f"{parts[k] / GIB:.1f}" for k in ("weights", "gradients", "optimizer", "activations")),
-                      f"{measured.peak / GIB:.1f}")
+        shape = measured.shape
+        table.add_row(stage, trained, f"{shape['sequences']} × {shape['sequence_length']}", *measured.gib())
     return table

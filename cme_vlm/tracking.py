@@ -21,15 +21,17 @@ from cme_vlm.errors import PrivacyError
 from cme_vlm.schema import ExperimentConfig, WandbConfig
 
 
+def _run_settings(settings: WandbConfig, cfg: ExperimentConfig, job: str) -> dict[str, Any]:
+    """What every stage's run shares: project, entity, group, mode, ``<experiment>-<stage>`` name, job type, config."""
+    return {"project": settings.project, "entity": settings.entity or None, "group": settings.group or None,
+            "name": f"{cfg.name}-{job}", "mode": settings.mode, "job_type": job, "config": to_dict(cfg)}
+
+
 def wandb_logger(wandb: WandbConfig, cfg: ExperimentConfig, out: Path, job: str) -> Any:
     """A W&B logger (offline unless configured); it never logs images unless allowed."""
     if wandb.mode == "disabled":
         return False
-    return WandbLogger(
-        project=wandb.project, entity=wandb.entity or None, group=wandb.group or None, tags=wandb.tags,
-        name=f"{cfg.name}-{job}", save_dir=str(out), mode=wandb.mode, job_type=job, config=to_dict(cfg),
-        log_model=False,
-    )
+    return WandbLogger(**_run_settings(wandb, cfg, job), tags=wandb.tags, save_dir=str(out), log_model=False)
 
 
 def ablation_tags(cfg: ExperimentConfig) -> list[str]:
@@ -71,11 +73,8 @@ class StageRun:
 @contextmanager
 def stage_run(cfg: ExperimentConfig, out: Path, job: str) -> Iterator[StageRun]:
     """A W&B run of the stage ``job`` under ``out/wandb``, finished on leaving; ``wandb.mode=disabled`` logs nowhere."""
-    run = wandb.init(
-        project=cfg.wandb.project, entity=cfg.wandb.entity or None, group=cfg.wandb.group or None,
-        tags=[*cfg.wandb.tags, *ablation_tags(cfg)], name=f"{cfg.name}-{job}", dir=str(out), mode=cfg.wandb.mode,
-        job_type=job, config=to_dict(cfg), reinit="create_new",
-    )
+    run = wandb.init(**_run_settings(cfg.wandb, cfg, job), tags=[*cfg.wandb.tags, *ablation_tags(cfg)], dir=str(out),
+                     reinit="create_new")
     try:
         yield StageRun(run, cfg.wandb.allow_image_upload)
     finally:

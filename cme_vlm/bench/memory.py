@@ -59,6 +59,7 @@ from cme_vlm.training.sft_module import SFTModule
 SHIPPED_MEASUREMENTS = Path(__file__).resolve().parent / "measurements"
 USER_MEASUREMENTS_ENV = "CME_VLM_MEASUREMENTS"
 STEPS = 2
+GIB_COLUMNS = ("weights", "grads", "optim.", "activ.", "peak")
 # settings that cannot change a step's memory; every other key of the stage, the model and the shapes can
 UNRELATED = ("epochs", "max_steps", "grad_accum", "lr", "weight_decay", "warmup_ratio", "min_lr_ratio", "grad_clip",
              "lr_scale", "augment", "num_workers", "pin_memory", "accelerator", "devices", "strategy", "num_nodes",
@@ -83,6 +84,12 @@ class StepMemory:
     def as_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "key": self.key, "peak": self.peak, "parts": self.parts,
                 "settings": self.settings, "shape": self.shape, "provenance": self.provenance}
+
+    def gib(self) -> tuple[str, ...]:
+        """Weights, gradients, optimizer states, activations and the peak in GiB, as the tables show them
+        (columns ``GIB_COLUMNS``)."""
+        parts = (self.parts[k] for k in ("weights", "gradients", "optimizer", "activations"))
+        return tuple(f"{b / 2**30:.1f}" for b in (*parts, self.peak))
 
 
 def stage_train(cfg: ExperimentConfig, stage: str) -> TrainConfig:

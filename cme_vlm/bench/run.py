@@ -115,16 +115,14 @@ def _table(report: dict[str, Any]) -> Table:
 
 def _record_memory(cfg: ExperimentConfig, out: Path | None) -> dict[str, Any]:
     # imported only here, like the training rows: the fake-tensor machinery loads the training stack
-    from cme_vlm.bench.memory import record_step_memory, user_measurements
+    from cme_vlm.bench.memory import GIB_COLUMNS, record_step_memory, user_measurements
 
     folder = Path(out) if out else user_measurements()
     measured = record_step_memory(cfg, folder=folder)
-    numbers = ("peak", "weights", "grads", "optim.", "activ.")
     table = folding_table(f"peak memory of one training step in GiB, measured on fake tensors ({cfg.model.name})",
-                          "stage", *numbers, "kept in", right=numbers)
+                          "stage", *GIB_COLUMNS, "kept in", right=GIB_COLUMNS)
     for m in measured:
-        table.add_row(m.stage, f"{m.peak / 2**30:.1f}", *(f"{m.parts.get(k, 0) / 2**30:.1f}" for k in
-                      ("weights", "gradients", "optimizer", "activations")), str(folder / f"{m.stage}-{m.key}.json"))
+        table.add_row(m.stage, *m.gib(), str(folder / f"{m.stage}-{m.key}.json"))
     console.print(table)
     return {"memory": [m.as_dict() for m in measured]}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 from collections import Counter
 from pathlib import Path
@@ -24,6 +23,7 @@ from cme_vlm.evaluation.generation import (
 from cme_vlm.evaluation.report import GALLERY_DIRNAME, METRICS_FILENAME, write_report
 from cme_vlm.evaluation.scorecard import paired_tests, score_answers, summarise_model
 from cme_vlm.evaluation.tracking import log_evaluation
+from cme_vlm.review_sheet import png_bytes
 from cme_vlm.schema import DataSource, ExperimentConfig
 from cme_vlm.scoring.judge import make_judge
 
@@ -90,10 +90,7 @@ def _save_gallery(test: Dataset, out: Path, n: int) -> dict[str, str]:
     paths = {}
     for row in test.select(range(min(n, len(test)))):
         rel = f"{GALLERY_DIRNAME}/{row['id']}.png"
-        (out / GALLERY_DIRNAME).mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        row["overlay"].convert("RGB").save(buf, format="PNG")
-        atomic.write_bytes(out / rel, buf.getvalue())
+        atomic.write_bytes(out / rel, png_bytes(row["overlay"].convert("RGB")))
         paths[row["id"]] = rel
     return paths
 

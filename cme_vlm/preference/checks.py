@@ -11,8 +11,8 @@ Four checks, in priority order (the order breaks ties when the checks alone pick
   written to: pairs that preferred another length would pull DPO away from what SFT learned, and one
   band cannot drift from the other.
 
-The first three are the predicates of ``cme_vlm.scoring.clinical``, so the evaluation counts an
-identification or laterality error exactly as pair selection does.
+The first three are the predicates the evaluation and the rubric judge use (``cme_vlm.scoring.clinical``,
+``cme_vlm.scoring.rubric``), so an identification or laterality error counts the same everywhere.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, fields
 
 from cme_vlm.anatomy import Anatomy
 from cme_vlm.schema import ExperimentConfig
-from cme_vlm.scoring.clinical import laterality_error, names_structure, other_claims
+from cme_vlm.scoring.clinical import names_structure, other_claims
+from cme_vlm.scoring.rubric import laterality_error
 
 
 @dataclass(frozen=True)

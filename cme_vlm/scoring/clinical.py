@@ -13,8 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from cme_vlm.anatomy import Anatomy
-from cme_vlm.schema import Side
-from cme_vlm.scoring.rubric import claimed
+from cme_vlm.scoring.rubric import claimed, laterality_error, names
 
 
 def identified(anatomy: Anatomy, answers: list[str]) -> list[str | None]:
@@ -29,19 +28,12 @@ def identification_hits(anatomy: Anatomy, answers: list[str], targets: list[str]
 
 def names_structure(anatomy: Anatomy, answer: str, target: str) -> bool:
     """Does the answer name the target anywhere, by its key, display name or a synonym?"""
-    key = anatomy.resolve(target, "target")
-    return any(m.is_structure and m.name == key for m in anatomy.mentions(answer))
+    return names(anatomy, answer, anatomy.resolve(target, "target"))
 
 
 def other_claims(anatomy: Anatomy, answer: str, target: str) -> list[str]:
     """What else the answer says the highlighted region is: other structures or distractors it claims."""
     return sorted(claimed(anatomy, answer) - {anatomy.resolve(target, "target")})
-
-
-def laterality_error(answer: str, side: str) -> bool:
-    """Does the answer attribute the scene to the other CME side than the record's?"""
-    named = Anatomy.sides_named(answer)
-    return side != Side.both.value and bool(named) and Side(side) not in named
 
 
 def laterality_errors(answers: list[str], sides: list[str]) -> list[bool]:

@@ -35,12 +35,17 @@ _STOPWORDS = frozenset(
 _WORD = re.compile(r"[a-z]+")
 
 
+def names(anatomy: Anatomy, text: str, target: str) -> bool:
+    """Whether the answer names the registry structure ``target`` anywhere (key, display name or synonym)."""
+    return any(m.is_structure and m.name == target for m in anatomy.mentions(text))
+
+
 def identification(anatomy: Anatomy, text: str, target: str) -> Verdict:
     """5: the first structure named is the target; 3: the target is named later; 1: not named."""
     named = anatomy.identified(text)
     if named == target:
         return 5, f"names the {anatomy.display(target)} first"
-    if any(m.is_structure and m.name == target for m in anatomy.mentions(text)):
+    if names(anatomy, text, target):
         return 3, f"leads with '{named}' but also names the {anatomy.display(target)}"
     if named is None:
         return 1, "names no structure"
@@ -69,16 +74,22 @@ def exclusivity(anatomy: Anatomy, text: str, target: str) -> Verdict:
     return 1, f"claims {', '.join(others)}"
 
 
+def laterality_error(text: str, side: str) -> bool:
+    """Whether the answer attributes the scene to the other CME side than the record's (and never to its own)."""
+    named = Anatomy.sides_named(text)
+    return side != Side.both.value and bool(named) and Side(side) not in named
+
+
 def laterality(text: str, side: str) -> Verdict:
     """1 when the answer places the scene on the other CME side than the record; 3 when on both."""
     named = Anatomy.sides_named(text)
+    if laterality_error(text, side):
+        return 1, f"calls a {side}-sided scene {'/'.join(sorted(s.value for s in named))}-sided"
     if side == Side.both.value or not named:
         return 5, "no side conflict"
     if named == {Side(side)}:
         return 5, f"{side}-sided, as recorded"
-    if Side(side) in named:
-        return 3, "names both sides"
-    return 1, f"calls a {side}-sided scene {'/'.join(sorted(s.value for s in named))}-sided"
+    return 3, "names both sides"
 
 
 def stated_positions(text: str) -> list[tuple[str | None, str | None]]:
