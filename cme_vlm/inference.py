@@ -2,42 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from rich.console import Console
 from rich.panel import Panel
 
 from cme_vlm import atomic
 from cme_vlm.anatomy import Anatomy
+from cme_vlm.data.frames import read_frame, read_mask
 from cme_vlm.data.overlay import build_overlay, resize_pair
 from cme_vlm.data.prompts import student_prompt
 from cme_vlm.errors import DataError
 from cme_vlm.models.generation import generate
-from cme_vlm.models.loading import load_model
+from cme_vlm.models.placement import load_for_inference
 from cme_vlm.review_sheet import png_bytes
 from cme_vlm.schema import ExperimentConfig
 
 console = Console()
 
 
-def _read(path: Path, mode: str, what: str) -> np.ndarray:
+def _read(flag: str, reader: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert(mode))
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{what} '{path}' cannot be read as an image ({e}). Give a PNG or JPEG file.") from e
+        return reader(*args)
+    except DataError as e:
+        raise DataError(f"{flag}: {e}") from None
 
 
 def overlay_for(cfg: ExperimentConfig, frame: Path, mask: Path, structure: str | None = None) -> Image.Image:
-    """The model's view of ``frame``: resized to ``data.image_size`` with the mask tinted in."""
-    pixels = _read(frame, "RGB", "--frame")
-    binary = _read(mask, "L", "--mask") > 127
-    if binary.shape != pixels.shape[:2]:
-        raise DataError(f"--mask '{mask}' is {binary.shape[::-1]} but --frame is {pixels.shape[1::-1]}; give the frame's own mask.")
-    if not binary.any():
-        raise DataError(f"--mask '{mask}' marks no pixel. Give a binary mask with the structure in white.")
+    """The model's view of ``frame``: resized to ``data.image_size`` with the mask tinted in.
+
+    Frame and mask are read by the same rules as ``cme-vlm data build`` (``cme_vlm.data.frames``).
+    """
+    pixels = _read("--frame", read_frame, frame)
+    binary = _read("--mask", read_mask, mask, pixels.shape)
     small, small_mask = resize_pair(pixels, binary, cfg.data.image_size)
     colour = cfg.data.overlay.colour
     if structure and cfg.data.overlay.use_structure_colour:
@@ -61,7 +62,7 @@ def explain(
     if structure:
         Anatomy(cfg.anatomy).resolve(structure, "--structure")
     image = overlay_for(cfg, Path(frame), Path(mask), structure)
-    loaded = load_model(cfg, model)
+    loaded = load_for_inference(cfg, model)
     prompt = _prompt_for(cfg, Path(frame))
     answer = generate(loaded, [image], [prompt], cfg.eval.max_new_tokens, 1, cfg.generation)[0]
     out = Path.cwd() / f"{Path(frame).stem}_overlay.png"

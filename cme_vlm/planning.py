@@ -1,4 +1,4 @@
-"""The dry-run plan: stages, inputs a user must provide, paid calls, and training memory.
+"""The dry-run plan: stages, inputs a user must provide, paid calls, training memory, and disk and host memory.
 
 Nothing here loads weights or touches the network: parameter counts come from the model's
 architecture built on the ``meta`` device.
@@ -19,6 +19,7 @@ from cme_vlm.layout import stage_state
 from cme_vlm.models.adapters import COMPONENTS
 from cme_vlm.schema import ComponentMode, DataSource, ExperimentConfig, JudgeBackend, SelectionMode, TeacherBackend
 from cme_vlm.stages import STAGE_BY_NAME, Stage
+from cme_vlm.training.preflight import preflight
 
 console = Console()
 
@@ -73,6 +74,7 @@ def print_plan(cfg: ExperimentConfig, run_dir: Path, stages: list[Stage], fps: d
     n, basis = _records_estimate(cfg, run_dir)
     console.print(_calls_table(cfg, n, basis))
     console.print(_memory_table(cfg))
+    console.print(*preflight(cfg, run_dir, [(stage.name, stage.folder) for stage in stages]))
 
 
 def _calls_table(cfg: ExperimentConfig, n: int, basis: str) -> Table:

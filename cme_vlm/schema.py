@@ -265,7 +265,7 @@ class TrainConfig:
     optimizer: Optimizer = Optimizer.adamw
     lr_scale: LrScale = field(default_factory=LrScale)
     gradient_release: bool = False  # kahan_adamw only, one device: step each parameter in the backward pass
-    precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
+    precision: str = "auto"  # auto: on a GPU bf16-true with kahan_adamw, bf16-mixed with adamw; 32-true on CPU
     gradient_checkpointing: bool = False
     checkpoint_every: CheckpointEvery = field(default_factory=CheckpointEvery)
     max_length: int = 1024
@@ -279,6 +279,7 @@ class TrainConfig:
     num_nodes: int = 1
     val_every_n_steps: int = 0  # 0: once per epoch
     checkpoint_every_n_steps: int = 50
+    keep_checkpoints: int = 1  # step=N.ckpt files kept (the newest) besides last.ckpt, which always holds the latest
     log_every_n_steps: int = 5
     seed: int = 0
 
@@ -425,11 +426,14 @@ class GenerationConfig:
     """How every generation path decodes: candidate sampling, evaluation, ``explain``, validation samples.
 
     Not transformers' ``GenerationConfig``: these choose the KV cache and whether the decode step is
-    compiled; what is generated (greedy or sampled, how many tokens) is set by ``preference`` and ``eval``.
+    compiled, and where the models that are not being trained run (sampling, reference log-probs,
+    evaluation, ``explain``); what is generated (greedy or sampled, how many tokens) is set by
+    ``preference`` and ``eval``. Training runs where ``sft``/``dpo`` ``accelerator`` and ``devices`` say.
     """
 
     cache: CacheKind = CacheKind.auto  # on CPU the uncompiled static cache measured 3-13% slower per step
     compile: Switch = Switch.auto  # auto: compile the decode step (CUDA graphs) on CUDA only; needs the static cache
+    device: str = "auto"  # where inference runs: auto is the first CUDA GPU if there is one, else the CPU
 
 
 # --------------------------------------------------------------------------- benchmark

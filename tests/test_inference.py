@@ -44,3 +44,16 @@ def test_explain_refuses_an_empty_mask(tiny_cfg, frame_and_mask, tmp_path):
     Image.fromarray(np.zeros((96, 128), np.uint8)).save(tmp_path / "empty.png")
     with pytest.raises(DataError, match="--mask"):
         overlay_for(tiny_cfg, frame, tmp_path / "empty.png")
+
+
+def test_explain_reads_masks_by_the_rules_of_data_build(tiny_cfg, frame_and_mask, tmp_path):
+    """A 0/1 mask (which ``data build`` accepts) tints the same pixels as its 0/255 twin; a mask of three levels is
+    refused as ``data build`` refuses it."""
+    frame, mask = frame_and_mask
+    ones = (np.asarray(Image.open(mask)) > 0).astype(np.uint8)
+    Image.fromarray(ones).save(tmp_path / "case7_mask01.png")
+    assert np.array_equal(np.asarray(overlay_for(tiny_cfg, frame, tmp_path / "case7_mask01.png")),
+                          np.asarray(overlay_for(tiny_cfg, frame, mask)))
+    Image.fromarray(ones * 2 + (np.arange(128) % 2 == 0)[None, :].astype(np.uint8)).save(tmp_path / "levels.png")
+    with pytest.raises(DataError, match=r"--mask: .*not binary"):
+        overlay_for(tiny_cfg, frame, tmp_path / "levels.png")

@@ -167,6 +167,7 @@ def test_paper_dry_run_plans_without_running(tmp_path: Path, capsys: pytest.Capt
     paper = Path(__file__).resolve().parents[1] / "experiments" / "paper.yaml"
     assert main(["run", str(paper), "--dry-run", "--run-dir", str(tmp_path / "paper")]) == 0
     out = capsys.readouterr().out
-    for expected in ("05-dpo", "data.manifest", "GEMINI_API_KEY", "teacher answers", "3773", "training memory", "GiB"):
+    for expected in ("05-dpo", "data.manifest", "GEMINI_API_KEY", "teacher answers", "3773", "training memory", "GiB",
+                     "disk and host memory", "62.5"):  # the 7B's SFT checkpoint: bf16 weights and Kahan AdamW state
         assert expected in out
     assert not (tmp_path / "paper").exists()

@@ -48,6 +48,7 @@ from cme_vlm.models.freezing import apply_freezing
 from cme_vlm.models.loading import LoadedModel, load_model
 from cme_vlm.schema import ExperimentConfig, ReferenceMode, TrainConfig
 from cme_vlm.training.dpo_module import DPOModule
+from cme_vlm.training.precision import HALF_WEIGHTS, resolve_precision
 from cme_vlm.training.reference import (
     AdapterDisabledReference,
     InMemoryReference,
@@ -63,8 +64,8 @@ GIB_COLUMNS = ("weights", "grads", "optim.", "activ.", "peak")
 # settings that cannot change a step's memory; every other key of the stage, the model and the shapes can
 UNRELATED = ("epochs", "max_steps", "grad_accum", "lr", "weight_decay", "warmup_ratio", "min_lr_ratio", "grad_clip",
              "lr_scale", "augment", "num_workers", "pin_memory", "accelerator", "devices", "strategy", "num_nodes",
-             "val_every_n_steps", "checkpoint_every_n_steps", "log_every_n_steps", "seed", "beta", "loss",
-             "label_smoothing", "sft_weight")
+             "val_every_n_steps", "checkpoint_every_n_steps", "keep_checkpoints", "log_every_n_steps", "seed", "beta",
+             "loss", "label_smoothing", "sft_weight")
 KINDS = {"weights": (_MemRefType.PARAM, _MemRefType.BUFFER), "gradients": (_MemRefType.GRAD,),
          "optimizer": (_MemRefType.OPT,), "activations": (_MemRefType.ACT, _MemRefType.TEMP), "other": (_MemRefType.OTH,)}
 
@@ -97,15 +98,13 @@ def stage_train(cfg: ExperimentConfig, stage: str) -> TrainConfig:
 
 
 def training_precision(train: TrainConfig) -> str:
-    """The precision the stage runs at on a GPU (``auto``: bf16 mixed)."""
-    return "bf16-mixed" if train.precision == "auto" else train.precision
+    """The precision the stage runs at on a GPU (``cme_vlm.training.precision``)."""
+    return resolve_precision(train, "train", gpu=True)
 
 
 def weights_dtype(cfg: ExperimentConfig, train: TrainConfig) -> torch.dtype:
-    """The weights' dtype on a GPU: bf16 for ``bf16-true`` or ``model.dtype: auto``, else ``model.dtype``."""
-    if training_precision(train) == "bf16-true" or cfg.model.dtype == "auto":
-        return torch.bfloat16
-    return getattr(torch, cfg.model.dtype)
+    """The trained weights' dtype: half for ``bf16-true``/``16-true``, float32 otherwise (the precision plugins')."""
+    return HALF_WEIGHTS.get(training_precision(train), torch.float32)
 
 
 def memory_settings(cfg: ExperimentConfig, stage: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from cme_vlm.schema import ExperimentConfig, TrainConfig
 from cme_vlm.training.dpo_module import DPOModule
 from cme_vlm.training.reference import PrecomputedReference
 from cme_vlm.training.sft_module import SFTModule
-from cme_vlm.training.trainer import precision
+from cme_vlm.training.precision import precision_plugin, resolve_precision
 
 
 class RepeatedBatch(Dataset):
@@ -49,7 +49,7 @@ def _fit(module: L.LightningModule, train: TrainConfig, batch: dict[str, Any], d
     """Fit ``module`` on ``train.max_steps`` copies of ``batch``; the seconds of every step."""
     timer = StepTimer()
     trainer = L.Trainer(
-        accelerator=device.type, devices=1, precision=precision(train), max_steps=train.max_steps,
+        accelerator=device.type, devices=1, plugins=[precision_plugin(train, module.stage)], max_steps=train.max_steps,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer],
     )
@@ -72,7 +72,7 @@ def training_row(stage: str, cfg: ExperimentConfig, loaded: LoadedModel, steps: 
     row: dict[str, Any] = {
         "row": stage, "shape": shape.as_dict(), "flops_per_step": flops, "positions": positions,
         "params": {p: {"trainable": c.trainable, "frozen": c.frozen} for p, c in params.items()},
-        "optimizer": str(to_dict(train.optimizer)), "precision": precision(train),
+        "optimizer": str(to_dict(train.optimizer)), "precision": resolve_precision(train, stage),
         "gradient_checkpointing": train.gradient_checkpointing, "freezing": to_dict(train.freezing),
     }
     reset_peak_memory(device)

@@ -107,10 +107,10 @@ def generate_answers(cfg: ExperimentConfig, spec: ModelSpec, test: Dataset, fold
     todo = [i for i, (rid, key) in enumerate(zip(ids, keys, strict=True)) if cached.get(rid, {}).get("input") != key]
     if todo:
         from cme_vlm.models.generation import generate, length_order
-        from cme_vlm.models.loading import load_model
+        from cme_vlm.models.placement import load_for_inference
 
         # a copy: transformers fills defaults into nested architecture dicts in place, which would move the fingerprint
-        loaded = load_model(copy.deepcopy(cfg), spec.path)
+        loaded = load_for_inference(copy.deepcopy(cfg), spec.path)
         prompts = test["prompt"]
         todo = [todo[j] for j in length_order(loaded, [prompts[i] for i in todo])]  # batches of similar length
         for batch in _batches(todo, cfg.eval.batch_size):

@@ -18,6 +18,7 @@ from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from cme_vlm.errors import ModelError
 from cme_vlm.models.adapters import ModelAdapter, adapter_for, adapter_for_model_type
+from cme_vlm.models.dtypes import cast_floating
 from cme_vlm.models.tokenizer import QWEN_FIRST_SPECIAL_ID, train_offline_tokenizer
 from cme_vlm.schema import ExperimentConfig, ModelConfig
 
@@ -65,7 +66,7 @@ def build_from_config(cfg: ExperimentConfig, adapter: ModelAdapter) -> LoadedMod
     config._attn_implementation = m.attn_implementation
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = adapter.model_class(config).to(resolve_dtype(m.dtype))
+        model = cast_floating(adapter.model_class(config), resolve_dtype(m.dtype))
     _set_generation_tokens(model, tokenizer)
     return LoadedModel(model.eval(), processor, adapter)
 

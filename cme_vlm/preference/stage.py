@@ -23,7 +23,7 @@ from cme_vlm.data.geometry import mask_geometry
 from cme_vlm.data.preference_records import preference_dataset, preference_row
 from cme_vlm.data.records import TRAINABLE_PROVENANCES, load_dataset, save_dataset
 from cme_vlm.errors import DataError
-from cme_vlm.models.loading import load_model
+from cme_vlm.models.placement import load_for_inference
 from cme_vlm.preference.checks import CHECK_NAMES, CandidateChecker
 from cme_vlm.preference.judges import GeminiPairJudge, make_pair_judge
 from cme_vlm.preference.reference import precompute_reference
@@ -96,7 +96,7 @@ def build_preferences(cfg: ExperimentConfig, dataset: Path, model: Path, out: Pa
     """Sampling → pair selection → reference log-probs; returns the preference dataset folder."""
     out = Path(out)
     records = _records(Path(dataset))
-    loaded = load_model(cfg, model)
+    loaded = load_for_inference(cfg, model)
     candidates = sample_candidates(loaded, records, cfg.preference, out / CANDIDATES_FILE, cfg.generation)
     chosen = _select(cfg, records, candidates, out)
     if not chosen:

@@ -159,7 +159,20 @@ def bertscore(candidates: list[str], references: list[str], cfg: BertScoreConfig
     f1: list[float] = []
     if candidates:
         scorer = _scorer(str(weights), cfg.num_layers, baseline, cfg.batch_size)
-        # BERTScore of an empty string is undefined; score it as a single space so it gets a low value
-        _, _, f = scorer.score([c or " " for c in candidates], [r or " " for r in references])
-        f1 = [float(v) for v in f.tolist()]
+        # bert-score gives an empty candidate or reference raw scores of 0, but on transformers 5 it fails before
+        # (its empty-string path calls a tokenizer method that is gone), so those pairs are scored here
+        worded = [i for i, (c, r) in enumerate(zip(candidates, references, strict=True)) if c.strip() and r.strip()]
+        f1 = [_empty_f1(scorer)] * len(candidates)
+        if worded:
+            _, _, f = scorer.score([candidates[i] for i in worded], [references[i] for i in worded])
+            for i, value in zip(worded, f.tolist(), strict=True):
+                f1[i] = float(value)
     return BertScoreResult(f1=f1, model=cfg.model, num_layers=cfg.num_layers, rescaled=cfg.rescale_with_baseline)
+
+
+def _empty_f1(scorer: Any) -> float:
+    """BERTScore F1 of a pair with an empty side, as bert-score means it: raw 0, rescaled like any other score."""
+    if not scorer.rescale_with_baseline:
+        return 0.0
+    baseline = float(scorer.baseline_vals[2])  # the F1 column of the layer's baseline
+    return -baseline / (1 - baseline)

@@ -17,7 +17,10 @@ the per-pair losses are
 - hinge (SLiC, Zhao et al. 2023): ``max(0, 1 − β h)``
 
 and the implicit rewards are ``r_w = β (log π_θ(y_w|x) − log π_ref(y_w|x))`` and
-``r_l = β (log π_θ(y_l|x) − log π_ref(y_l|x))``. An optional SFT term adds
+``r_l = β (log π_θ(y_l|x) − log π_ref(y_l|x))`` on **summed** log-probs for every variant, IPO
+included (its loss alone reads length-averaged ones), so the logged ``rewards/*`` (accepted,
+rejected, margin ``r_w − r_l``, accuracy ``r_w > r_l``) mean the same whichever loss ran; TRL's
+``DPOTrainer`` logs its ``rewards/*`` the same way. An optional SFT term adds
 ``λ · NLL(y_w)`` (the per-token negative log-likelihood of the accepted answer).
 
 A new variant is one subclass of ``PreferenceLoss`` registered under a name with
@@ -74,7 +77,7 @@ class PreferenceLoss(nn.Module):
         self.beta, self.label_smoothing, self.sft_weight = beta, label_smoothing, sft_weight
 
     def logps(self, policy: PairLogps, ref_accepted: Tensor, ref_rejected: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The log-probs the loss is defined on: summed over each answer's tokens, all ``[B]``."""
+        """The log-probs the loss (not the rewards) is defined on: summed over each answer's tokens, all ``[B]``."""
         return policy.accepted, policy.rejected, ref_accepted, ref_rejected
 
     def pair_losses(self, h: Tensor) -> Tensor:
@@ -82,11 +85,12 @@ class PreferenceLoss(nn.Module):
         raise NotImplementedError
 
     def forward(self, policy: PairLogps, ref_accepted: Tensor, ref_rejected: Tensor) -> DPOOutput:
-        pa, pr, ra, rr = self.logps(policy, ref_accepted.to(policy.accepted), ref_rejected.to(policy.rejected))
-        losses = self.pair_losses(logratio_difference(pa, pr, ra, rr))
+        ref_accepted, ref_rejected = ref_accepted.to(policy.accepted), ref_rejected.to(policy.rejected)
+        losses = self.pair_losses(logratio_difference(*self.logps(policy, ref_accepted, ref_rejected)))
         if self.sft_weight:
             losses = losses + self.sft_weight * (-policy.accepted / policy.accepted_tokens.clamp(min=1))
-        return DPOOutput(losses, (self.beta * (pa - ra)).detach(), (self.beta * (pr - rr)).detach())
+        rewards = (self.beta * (policy.accepted - ref_accepted), self.beta * (policy.rejected - ref_rejected))
+        return DPOOutput(losses, rewards[0].detach(), rewards[1].detach())
 
 
 def logratio_difference(
@@ -137,7 +141,7 @@ class RobustLoss(PreferenceLoss):
 
 @register_loss("ipo")
 class IPOLoss(PreferenceLoss):
-    """IPO: ``(h − 1/(2β))²`` on length-averaged log-probs ``log π(y|x) / |y|``."""
+    """IPO: ``(h − 1/(2β))²`` on length-averaged log-probs ``log π(y|x) / |y|`` (the rewards stay summed)."""
 
     def logps(self, policy: PairLogps, ref_accepted: Tensor, ref_rejected: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         na, nr = policy.accepted_tokens.clamp(min=1), policy.rejected_tokens.clamp(min=1)

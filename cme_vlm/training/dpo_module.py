@@ -22,6 +22,8 @@ from cme_vlm.training.metrics import Float64Mean
 from cme_vlm.training.reference import InMemoryReference, Reference
 from cme_vlm.training.stepping import ManualStepModule
 
+# rewards/*: β · summed log-ratio of the answer (accepted, rejected), their difference (margin) and whether it is
+# positive (accuracy), whichever loss ran (cme_vlm.training.dpo_losses); logps/*: summed policy log-probs
 REWARDS = ("rewards/accepted", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/accepted",
            "logps/rejected")
 FIGURES = {"train": REWARDS, "val": ("loss", *REWARDS)}  # the train loss is ManualStepModule's
@@ -48,6 +50,7 @@ class DPOModule(ManualStepModule):
         self.reference_model = reference.model if isinstance(reference, InMemoryReference) else None
         # means over pairs (train: the accumulation window; val: the validation set), synchronised over devices
         self.figures = nn.ModuleDict({f"{split}/{name}": Float64Mean() for split, names in FIGURES.items() for name in names})
+        self.history["train_margin"] = []  # the window's mean reward margin after each optimizer step
 
     def pair_output(self, batch: dict[str, Any]) -> tuple[DPOOutput, PairLogps]:
         """The loss and rewards of one pair batch, and the policy's log-probs."""
@@ -57,17 +60,17 @@ class DPOModule(ManualStepModule):
     def micro_batch_loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         out, policy = self.pair_output(batch)
         self._update("train", out, policy)
-        return out.losses.sum(), torch.tensor(float(out.losses.numel()), device=out.losses.device)
+        return out.losses.sum(), torch.tensor(out.losses.numel(), dtype=torch.float32, device=out.losses.device)
 
-    def check_finite(self, loss_sum: Tensor, batch: dict[str, Any]) -> None:
-        if not bool(torch.isfinite(loss_sum)):
-            raise TrainingError(
-                f"the DPO loss became {loss_sum.item()} at step {self.global_step} on pairs {', '.join(batch['ids'])}. "
-                "Lower dpo.lr or dpo.beta, or use precision 32 to find the cause."
-            )
+    def non_finite(self, loss_sum: Tensor | None, batch: dict[str, Any]) -> TrainingError:
+        found = (f"the DPO loss became {loss_sum.item()} at step {self.global_step} on pairs {', '.join(batch['ids'])}"
+                 if loss_sum is not None else f"another device's DPO loss became non-finite at step {self.global_step}")
+        return TrainingError(f"{found}. Lower dpo.lr or dpo.beta, or use precision 32 to find the cause.")
 
     def window_logs(self) -> dict[str, Tensor]:
-        return {f"train/{name}": value for name, value in self._compute("train").items()}
+        logs = {f"train/{name}": value for name, value in self._compute("train").items()}
+        self.history["train_margin"].append([self.global_step, float(logs["train/rewards/margin"])])
+        return logs
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._update("val", *self.pair_output(batch))

@@ -2,8 +2,8 @@
 
 Writes ``out/checkpoints`` (a re-run resumes from ``last.ckpt``), ``out/model`` (Hugging Face
 export, gathered to rank 0 under ``dpo.strategy=fsdp``), ``out/metrics.json`` (reward accuracy
-and margin on the train and val pairs before and after training) and the resolved config. The
-trainer and export are the SFT stage's.
+and margin on the train and val pairs before and after training; the loss and the reward margin
+of every optimizer step) and the resolved config. The trainer and export are the SFT stage's.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from cme_vlm.models.export import export_model
 from cme_vlm.models.freezing import apply_freezing, parameter_table
 from cme_vlm.models.loading import LoadedModel, load_model
 from cme_vlm.schema import ExperimentConfig, ReferenceMode
+from cme_vlm.training.checkpoints import resume_checkpoint
 from cme_vlm.training.datamodules import PreferenceDataModule
 from cme_vlm.training.dpo_module import DPOModule, pair_metrics
 from cme_vlm.training.reference import (
@@ -33,12 +34,7 @@ from cme_vlm.training.reference import (
     Reference,
 )
 from cme_vlm.training.sharding import is_sharded, whole_model
-from cme_vlm.training.trainer import (
-    build_trainer,
-    fit,
-    resume_checkpoint,
-    total_optimizer_steps,
-)
+from cme_vlm.training.trainer import build_trainer, fit, total_optimizer_steps
 
 console = Console(stderr=True)
 
@@ -91,6 +87,7 @@ def train_dpo(cfg: ExperimentConfig, dataset: Path, model: Path, out: Path, answ
     if trainer.is_global_zero:
         export_model(trained, loaded.processor, out / "model", train.freezing.merge_lora_on_export)
         metrics = {"before": before, "after": after, "train_loss": module.history["train_loss"],
+                   "train_margin": module.history["train_margin"],
                    "steps": module.global_step, "reference": str(ReferenceMode(train.reference).value)}
         atomic.write_json(out / "metrics.json", metrics)
         save_config(cfg, out)

@@ -21,7 +21,9 @@ from typing import Any
 
 import optimi
 import torch
-from torch import nn
+from optimi import utils as optimi_utils
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -54,7 +56,8 @@ def build_optimizer(groups: list[dict[str, Any]], train: TrainConfig, stage: str
     """``optimizer: adamw`` (torch's, fused on GPU) or ``kahan_adamw`` (optimi, with gradient release if asked)."""
     if OptimizerName(train.optimizer) is OptimizerName.kahan_adamw:
         optimizer = optimi.AdamW(groups, lr=train.lr, betas=BETAS, eps=EPS, weight_decay=train.weight_decay,
-                                 kahan_sum=True, gradient_release=train.gradient_release)
+                                 kahan_sum=True, gradient_release=train.gradient_release,
+                                 triton=triton_kernels([p for g in groups for p in g["params"]]))
         if train.gradient_release:
             _keep_groups_out_of_checkpoints(optimizer)
         return optimizer
@@ -65,6 +68,22 @@ def build_optimizer(groups: list[dict[str, Any]], train: TrainConfig, stage: str
     fused = all(p.is_cuda for p in params) and bool(params)
     return torch.optim.AdamW(groups, lr=train.lr, betas=BETAS, eps=EPS, weight_decay=train.weight_decay,
                              fused=fused or None)
+
+
+def triton_kernels(params: list[Tensor]) -> bool:
+    """Whether optimi steps ``params`` with its fused Triton kernels: plain CUDA tensors (bf16-capable card, Triton
+    importable), never sharded ones.
+
+    Left to itself optimi never picks Triton here and once picks it wrongly: it chooses only when
+    ``foreach`` is unset, which gradient release sets to False; it accepts only the exact types in
+    torch's foreach list (``torch.Tensor``, not ``nn.Parameter``); and importing
+    ``torch.distributed.tensor`` adds ``DTensor`` to that list, so under FSDP it would launch its
+    kernel on a DTensor (a shard's ``data_ptr()`` with the global element count: an illegal memory access).
+    """
+    return optimi_utils.HAS_TRITON and bool(params) and all(
+        not isinstance(p, DTensor) and p.is_floating_point() and optimi_utils._triton_kernels_supported_device(p)
+        for p in params
+    )
 
 
 def _keep_groups_out_of_checkpoints(optimizer: Optimizer) -> None:

@@ -34,17 +34,18 @@ class SFTModule(ManualStepModule):
 
     def micro_batch_loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         logp = answer_logprobs(self.model, batch, self.chunk_size).token_logp
-        return sft_loss(logp, 1), torch.tensor(float(logp.numel()), device=logp.device)
+        # an explicit dtype: under bf16-true tensors are created in bf16 by default, where 403 reads 404
+        return sft_loss(logp, 1), torch.tensor(logp.numel(), dtype=torch.float32, device=logp.device)
 
-    def check_finite(self, loss_sum: Tensor, batch: dict[str, Any]) -> None:
-        if bool(torch.isfinite(loss_sum)):
-            return
+    def non_finite(self, loss_sum: Tensor | None, batch: dict[str, Any]) -> TrainingError:
         where = f"{self.checkpoint_dir}/{LAST_GOOD}" if self.checkpoint_dir else "(no checkpoint folder)"
         if self.checkpoint_dir:
             self.trainer.save_checkpoint(where)
-        raise TrainingError(
-            f"non-finite loss at optimizer step {self.global_step} on records {', '.join(batch['ids'])}. "
-            f"The last good state is saved in {where}. Lower sft.lr, check those records' answers, "
+        found = (f"non-finite loss ({loss_sum.item()}) at optimizer step {self.global_step} on records "
+                 f"{', '.join(batch['ids'])}" if loss_sum is not None else
+                 f"another device's loss became non-finite at optimizer step {self.global_step}")
+        return TrainingError(
+            f"{found}. The last good state is saved in {where}. Lower sft.lr, check those records' answers, "
             "or use precision 32 to find the cause."
         )
 

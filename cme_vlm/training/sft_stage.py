@@ -21,15 +21,11 @@ from cme_vlm.models.export import export_model
 from cme_vlm.models.freezing import apply_freezing, parameter_table
 from cme_vlm.models.loading import LoadedModel, load_model
 from cme_vlm.schema import ExperimentConfig
+from cme_vlm.training.checkpoints import resume_checkpoint
 from cme_vlm.training.datamodules import SFTDataModule
 from cme_vlm.training.sft_module import SFTModule
 from cme_vlm.training.sharding import whole_model
-from cme_vlm.training.trainer import (
-    build_trainer,
-    fit,
-    resume_checkpoint,
-    total_optimizer_steps,
-)
+from cme_vlm.training.trainer import build_trainer, fit, total_optimizer_steps
 
 console = Console(stderr=True)
 
@@ -51,7 +47,6 @@ def train_sft(cfg: ExperimentConfig, dataset: Path, out: Path) -> Path:
     logged = build_callbacks(cfg, LoadedModel(model, loaded.processor, loaded.adapter), records)
     trainer = build_trainer(train, cfg, out, total, "sft", logged)
     fit(trainer, module, data, resume)
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # the final state, wherever periodic saves stopped
     trained = whole_model(module, lambda: apply_freezing(load_model(cfg).model, loaded.adapter, train.freezing))
     if trainer.is_global_zero:
         export_model(trained, loaded.processor, out / "model", train.freezing.merge_lora_on_export)

@@ -64,8 +64,12 @@ class ManualStepModule(LightningModule):
         """The loss summed over the micro-batch's units (scalar, with graph) and their count (scalar)."""
         raise NotImplementedError
 
-    def check_finite(self, loss_sum: Tensor, batch: dict[str, Any]) -> None:
-        """Raise ``TrainingError`` before a non-finite loss reaches the weights."""
+    def non_finite(self, loss_sum: Tensor | None, batch: dict[str, Any]) -> TrainingError:
+        """The error that stops training before a non-finite loss reaches the weights.
+
+        Called on every device when any device's loss is non-finite; ``loss_sum`` is this device's
+        loss if it is the non-finite one, else ``None``. Every device calls it, so it may save a checkpoint.
+        """
         raise NotImplementedError
 
     def window_logs(self) -> dict[str, Tensor]:
@@ -118,7 +122,10 @@ class ManualStepModule(LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss_sum, units = self.micro_batch_loss(batch)
-        self.check_finite(loss_sum, batch)
+        finite = bool(torch.isfinite(loss_sum))
+        # every device decides together: one stopping alone would leave the others waiting in the next collective
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            raise self.non_finite(None if finite else loss_sum, batch)
         closes = self.closes_window(batch_idx)
         if self.train_cfg.gradient_release:
             self.optimizers().optimizer.optimizer_accumulation = not closes

@@ -4,45 +4,43 @@ from __future__ import annotations
 
 import math
 import warnings
-import zipfile
 from pathlib import Path
+from typing import Any
 
 import lightning as L
-import torch
 from lightning import Callback
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import Strategy
 
-from cme_vlm.errors import ConfigError, TrainingError
+from cme_vlm.errors import ConfigError
 from cme_vlm.schema import ExperimentConfig, TrainConfig
 from cme_vlm.tracking import wandb_logger
-from cme_vlm.training.sharding import CHECKPOINT_FILES, ShardedDataParallel
+from cme_vlm.training.checkpoints import StageCheckpoints, StreamingCheckpointIO
+from cme_vlm.training.precision import precision_plugin
 from cme_vlm.training.sharding import STRATEGY as FSDP
-
-
-def precision(train: TrainConfig) -> str:
-    """``auto``: bf16 mixed precision on GPU, float32 on CPU."""
-    if train.precision == "auto":
-        return "bf16-mixed" if torch.cuda.is_available() else "32-true"
-    return train.precision
+from cme_vlm.training.sharding import ShardedDataParallel
 
 
 def build_trainer(
     train: TrainConfig, cfg: ExperimentConfig, out: Path, total_steps: int, job: str, callbacks: list[Callback] = ()
 ) -> L.Trainer:
     """A Lightning trainer from ``TrainConfig``: devices, strategy, precision, checkpoints, logging."""
-    checkpoints = ModelCheckpoint(
-        dirpath=out / "checkpoints", filename="{step}", save_last=True, save_top_k=-1,
-        every_n_train_steps=train.checkpoint_every_n_steps or None, save_on_train_epoch_end=True,
-    )
     return L.Trainer(
-        accelerator=train.accelerator, devices=train.devices, strategy=strategy(train, job, callbacks),
-        num_nodes=train.num_nodes, precision=precision(train), max_epochs=train.epochs, max_steps=total_steps,
-        val_check_interval=train.val_every_n_steps or None, log_every_n_steps=train.log_every_n_steps,
-        callbacks=[checkpoints, RichProgressBar(), *callbacks], logger=wandb_logger(cfg.wandb, cfg, out, job),
-        default_root_dir=str(out), num_sanity_val_steps=0, enable_model_summary=False,
+        accelerator=train.accelerator, devices=devices(train), strategy=strategy(train, job, callbacks),
+        num_nodes=train.num_nodes, plugins=[precision_plugin(train, job), StreamingCheckpointIO()],
+        max_epochs=train.epochs, max_steps=total_steps, val_check_interval=train.val_every_n_steps or None,
+        log_every_n_steps=train.log_every_n_steps,
+        callbacks=[StageCheckpoints(out / "checkpoints", train, job), RichProgressBar(), *callbacks],
+        logger=wandb_logger(cfg.wandb, cfg, out, job), default_root_dir=str(out), num_sanity_val_steps=0,
+        enable_model_summary=False,
     )
+
+
+def devices(train: TrainConfig) -> Any:
+    """``devices: auto`` is one device under gradient release (each parameter steps before any averaging over
+    devices, so it cannot run on more), else Lightning's choice: every GPU there is."""
+    return 1 if train.devices == "auto" and train.gradient_release else train.devices
 
 
 def strategy(train: TrainConfig, stage: str, callbacks: list[Callback] = ()) -> str | Strategy:
@@ -66,33 +64,6 @@ def strategy(train: TrainConfig, stage: str, callbacks: list[Callback] = ()) -> 
                           "them. Set wandb.callbacks=[ablation] (or wandb.judge_subset=0) and judge the exported "
                           "model with the eval stage.")
     return ShardedDataParallel()
-
-
-def resume_checkpoint(out: Path, train: TrainConfig, stage: str) -> Path | None:
-    """``out/checkpoints/last.ckpt`` when a run left one; a damaged one is refused before training starts.
-
-    Under ``strategy: fsdp`` the checkpoint is a folder of shards (``cme_vlm.training.sharding``).
-    """
-    path = out / "checkpoints" / "last.ckpt"
-    if path.is_dir():
-        if not all((path / name).is_file() for name in CHECKPOINT_FILES):
-            raise _damaged(path)
-        if train.strategy != FSDP:
-            raise TrainingError(f"checkpoint '{path}' is a folder of shards, written under {stage}.strategy=fsdp. "
-                                f"Resume it with {stage}.strategy=fsdp, or delete '{path.parent}' to start afresh.")
-        return path
-    if not path.is_file():
-        return None
-    if not zipfile.is_zipfile(path):  # torch checkpoints are zip archives; a cut-off one lacks its directory
-        raise _damaged(path)
-    return path
-
-
-def _damaged(path: Path) -> TrainingError:
-    return TrainingError(
-        f"checkpoint '{path}' is damaged (incomplete, perhaps cut off by a crash). Rename the newest "
-        f"'step=*.ckpt' beside it to last.ckpt to resume from there, or delete '{path.parent}' to start afresh."
-    )
 
 
 def fit(trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule, resume: Path | None) -> None:

@@ -45,7 +45,7 @@ def test_answers_are_cached_resumed_and_invalidated(eval_cfg, answered_dir, tmp_
     assert [r["id"] for r in lines] == test["id"]
 
     # a re-run loads no model at all
-    monkeypatch.setattr("cme_vlm.models.loading.load_model", lambda *a, **k: pytest.fail("regenerated"))
+    monkeypatch.setattr("cme_vlm.models.placement.load_for_inference", lambda *a, **k: pytest.fail("regenerated"))
     assert generate_answers(eval_cfg, ModelSpec("base"), test, out) == first
     monkeypatch.undo()
 

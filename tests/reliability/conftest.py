@@ -20,7 +20,7 @@ KEY_ENV = "CME_RELIABILITY_GEMINI_KEY"
 # A whole pipeline in well under a minute on one CPU core (20 records: 12 train, 4 val, 4 test).
 TINY = [
     "data.synthetic.n_frames=12", "data.synthetic.n_procedures=6",
-    "sft.epochs=2", "sft.max_steps=5", "sft.batch_size=4", "sft.checkpoint_every_n_steps=1",
+    "sft.epochs=2", "sft.max_steps=5", "sft.batch_size=4", "sft.checkpoint_every_n_steps=1", "sft.keep_checkpoints=5",
     "preference.k=2", "preference.max_new_tokens=8", "preference.batch_size=4",
     "dpo.epochs=1", "dpo.max_steps=1", "eval.max_new_tokens=8", "eval.max_cases=3", "eval.batch_size=1",
     "wandb.mode=disabled",

@@ -117,3 +117,20 @@ def test_bertscore_paper_setting_without_local_weights_says_how_to_fix(tmp_path,
 def test_bertscore_layer_out_of_range_is_a_config_error():
     with pytest.raises(ConfigError, match="num_layers=40"):
         bertscore(["a"], ["b"], BertScoreConfig(num_layers=40))
+
+
+@pytest.mark.parametrize("rescaled", [False, True])
+def test_bertscore_of_an_empty_answer_is_bert_scores_zero(rescaled, tmp_path, monkeypatch):
+    """An answer that is only the end token decodes to "": bert-score means raw precision and recall 0 for it (its own
+    warning: "setting raw BERTscores to 0"), rescaled like every other score."""
+    from cme_vlm.scoring import metrics
+
+    baseline = tmp_path / "baseline.tsv"  # bert-score's baseline format, one row per layer: F1 baseline 0.6 at layer 6
+    baseline.write_text("LAYER,P,R,F\n" + "".join(f"{layer},0.6,0.6,0.6\n" for layer in range(13)))
+    monkeypatch.setattr(metrics, "_baseline_file", lambda cfg: str(baseline))
+    text = "The pancreas lies below the duodenum."
+    raw = bertscore([text, "The pancreas."], [text, text], BertScoreConfig()).f1
+    result = bertscore(["", text, "The pancreas.", "  "], [text, text, text, text],
+                       BertScoreConfig(rescale_with_baseline=rescaled))
+    rescale = (lambda f: (f - 0.6) / (1 - 0.6)) if rescaled else (lambda f: f)
+    assert result.f1 == pytest.approx([rescale(0.0), rescale(raw[0]), rescale(raw[1]), rescale(0.0)], abs=1e-6)

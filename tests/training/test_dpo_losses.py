@@ -78,9 +78,28 @@ def test_matches_paper_formula(kind: str, eps: float) -> None:
     out = _loss(kind, eps)(PairLogps(pw, pl, na, nr), rw, rl)
     qw, ql, sw, sl = _on_paper_logps(kind, pw, pl, rw, rl, na, nr)
     torch.testing.assert_close(out.losses.double(), _paper(qw, ql, sw, sl, kind, eps), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out.accepted_rewards, BETA * (qw - sw))
-    torch.testing.assert_close(out.rejected_rewards, BETA * (ql - sl))
-    assert out.correct.mean().item() == pytest.approx(((qw - sw) > (ql - sl)).float().mean().item())
+    torch.testing.assert_close(out.accepted_rewards, BETA * (pw - rw))  # every variant's rewards: summed log-ratios
+    torch.testing.assert_close(out.rejected_rewards, BETA * (pl - rl))
+    assert out.correct.mean().item() == pytest.approx(((pw - rw) > (pl - rl)).float().mean().item())
+
+
+def test_ipo_loss_reads_length_averaged_log_ratios_and_its_rewards_summed_ones_as_trl_logs_them() -> None:
+    """TRL's DPOTrainer (``_compute_loss``, loss_type ipo): the loss on ``logratio / completion tokens``, and
+    ``rewards/chosen = β · chosen_logratios`` (summed), accuracy ``chosen_rewards > rejected_rewards``, margin their
+    difference. Here a pair whose summed and averaged conventions disagree about which answer earns more."""
+    pw, pl = torch.tensor([-30.0, -12.0]), torch.tensor([-40.0, -30.0])
+    rw, rl = torch.tensor([-32.0, -10.0]), torch.tensor([-41.0, -31.0])
+    na, nr = torch.tensor([40, 10]), torch.tensor([5, 10])  # pair 0: summed +2 vs +1, averaged 0.05 vs 0.2
+    out = _loss("ipo")(PairLogps(pw, pl, na, nr), rw, rl)
+    chosen, rejected = BETA * (pw - rw), BETA * (pl - rl)  # TRL's rewards
+    torch.testing.assert_close(out.accepted_rewards, chosen)
+    torch.testing.assert_close(out.rejected_rewards, rejected)
+    torch.testing.assert_close(out.margin, chosen - rejected)
+    assert out.correct.tolist() == (chosen > rejected).float().tolist() == [1.0, 0.0]
+    averaged = ((pw - rw) / na) > ((pl - rl) / nr)
+    assert averaged.tolist() == [False, False]  # what the rewards would say on averaged log-ratios
+    h = (pw - rw) / na - (pl - rl) / nr
+    torch.testing.assert_close(out.losses, (h - 1 / (2 * BETA)) ** 2)
 
 
 @pytest.mark.parametrize(("kind", "eps"), CASES)

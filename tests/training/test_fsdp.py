@@ -25,7 +25,8 @@ from cme_vlm.models.export import export_model
 from cme_vlm.preference.reference import precompute_reference
 from cme_vlm.schema import Optimizer
 from cme_vlm.training.sharding import ShardedDataParallel
-from cme_vlm.training.trainer import resume_checkpoint, strategy
+from cme_vlm.training.checkpoints import resume_checkpoint
+from cme_vlm.training.trainer import strategy
 
 from .fsdp_runs import BF16_LORA, ONE_DEVICE, config
 from .test_sft_stage import _records
@@ -201,3 +202,17 @@ def test_export_gathered_from_shards_reloads_with_transformers_and_gives_the_tra
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
     with torch.no_grad():
         torch.testing.assert_close(exported(**inputs).logits, trained.model.eval()(**inputs).logits)
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_after_one_last_good_save(two_processes):
+    """Rank 1's loss turns NaN: every rank stops at once with the reason, rather than one waiting for the others in
+    the next collective (the sharded save of the last good state is one of them)."""
+    out = two_processes / "sft-nan"
+    stopped = {rank: (out / f"rank{rank}.txt").read_text() for rank in (0, 1)}
+    assert stopped[1].startswith("non-finite loss (nan) at optimizer step 1 on records r"), stopped[1]
+    assert stopped[0].startswith("another device's loss became non-finite at optimizer step 1"), stopped[0]
+    last_good = out / "checkpoints" / "last-good.ckpt"
+    assert all(str(last_good) in message for message in stopped.values())
+    assert torch.load(last_good / "meta.pt", weights_only=False)["global_step"] == 1  # a whole sharded checkpoint
+    assert (last_good / ".metadata").is_file() and not (out / "model").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 from dataclasses import replace
 
@@ -127,3 +128,63 @@ def test_warmup_then_cosine_to_floor_in_every_group():
     assert lrs[0] == pytest.approx([0.1, 0.01]) and lrs[9] == pytest.approx([1.0, 0.1])
     assert all(a[0] >= b[0] for a, b in itertools.pairwise(lrs[9:]))
     assert lrs[-1] == pytest.approx([0.1, 0.01], abs=0.01)
+
+
+KERNELS = ("_single_param_triton_adam", "_triton_adam", "_single_param_adam", "_single_adam", "_foreach_adam")
+
+
+@pytest.fixture
+def on_a_cuda_card(monkeypatch) -> list[str]:
+    """optimi told that every tensor sits on a bf16-capable CUDA card with Triton importable; the kernels a step runs
+    are recorded in the returned list, outermost first (the Triton ones are not run)."""
+    optimi_adam = importlib.import_module("optimi.adam")  # the module: ``optimi.adam`` is its function of that name
+    from optimi import optimizer as optimi_optimizer
+    from optimi import utils as optimi_utils
+
+    monkeypatch.setattr(optimi_utils, "_triton_kernels_supported_device", lambda tensor: True)
+    monkeypatch.setattr(optimi_utils, "HAS_TRITON", True)
+    monkeypatch.setattr(optimi_optimizer, "HAS_TRITON", True)
+    picked: list[str] = []
+    for name in KERNELS:
+        def record(*args, _name=name, _real=getattr(optimi_adam, name, None), **kwargs):
+            picked.append(_name)
+            if "triton" not in _name:
+                _real(*args, **kwargs)
+
+        monkeypatch.setattr(optimi_adam, name, record, raising=False)
+    return picked
+
+
+def test_gradient_release_steps_plain_cuda_parameters_with_optimis_triton_kernel(on_a_cuda_card):
+    """Trap: gradient release sets every group's ``foreach`` to False and optimi picks Triton only when ``foreach`` is
+    None (and its own check accepts ``torch.Tensor`` but not ``nn.Parameter``), so left to itself it steps each
+    parameter with its PyTorch loop."""
+    from optimi.utils import _default_to_triton
+
+    layer = nn.Linear(4, 4).to(torch.bfloat16)
+    assert not _default_to_triton(list(layer.parameters()))  # optimi's own choice, even off gradient release
+    optimizer = build_optimizer([{"params": list(layer.parameters())}], _paper_sft(gradient_release=True), "sft")
+    prepare_for_gradient_release(layer, optimizer)
+    layer(torch.ones(2, 4, dtype=torch.bfloat16)).sum().backward()
+    assert on_a_cuda_card == ["_single_param_triton_adam"] * 2  # weight and bias, each in the backward pass
+
+
+def test_sharded_parameters_never_reach_optimis_triton_kernel(on_a_cuda_card, tmp_path):
+    """Trap: importing ``torch.distributed.tensor`` adds ``DTensor`` to the types optimi's Triton check accepts, so
+    under FSDP optimi would launch its kernel on a shard's pointer with the global element count."""
+    import torch.distributed as dist
+    from optimi.utils import _default_to_triton
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        weight = nn.Parameter(distribute_tensor(torch.randn(4, 4, dtype=torch.bfloat16), mesh, [Shard(0)]))
+        assert _default_to_triton([weight])  # what optimi would pick for it
+        optimizer = build_optimizer([{"params": [weight]}], _paper_sft(gradient_release=False), "sft")
+        weight.grad = distribute_tensor(torch.ones(4, 4, dtype=torch.bfloat16), mesh, [Shard(0)])
+        optimizer.step()
+    finally:
+        dist.destroy_process_group()
+    assert on_a_cuda_card[0] == "_single_adam" and not any("triton" in k for k in on_a_cuda_card)  # the PyTorch loop
