@@ -49,8 +49,8 @@ def _fit(module: L.LightningModule, train: TrainConfig, batch: dict[str, Any], d
     """Fit ``module`` on ``train.max_steps`` copies of ``batch``; the seconds of every step."""
     timer = StepTimer()
     trainer = L.Trainer(
-        accelerator=device.type, devices=1, plugins=[precision_plugin(train, module.stage)], max_steps=train.max_steps,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator=device.type, devices=1, plugins=[precision_plugin(train, module.stage)],
+        max_steps=train.max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer],
     )
     trainer.fit(module, train_dataloaders=DataLoader(RepeatedBatch(batch, train.max_steps), batch_size=None))

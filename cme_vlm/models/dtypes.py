@@ -1,4 +1,4 @@
-"""Casting a model to another floating dtype the way ``from_pretrained(dtype=...)`` leaves it: rotary frequencies float32.
+"""Casting a model to another floating dtype as ``from_pretrained(dtype=...)`` leaves it: rotary frequencies float32.
 
 transformers computes every rotary embedding's frequencies (``inv_freq``, ``original_inv_freq``) in
 float32 and ``from_pretrained`` keeps them so whatever the weights' dtype; a plain ``module.to(bf16)``
@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ROTARY_MODULE = "RotaryEmbedding"  # transformers' rotary modules: Qwen2_5_VLRotaryEmbedding, Qwen2_5_VisionRotaryEmbedding, ...
+# transformers' rotary modules are named so: Qwen2_5_VLRotaryEmbedding, Qwen2_5_VisionRotaryEmbedding, ...
+ROTARY_MODULE = "RotaryEmbedding"
 
 
 def rotary_buffers(module: nn.Module) -> dict[tuple[nn.Module, str], torch.Tensor]:
@@ -24,7 +25,7 @@ def rotary_buffers(module: nn.Module) -> dict[tuple[nn.Module, str], torch.Tenso
 
 
 def cast_floating(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """``module.to(dtype)`` in place, with the rotary buffers kept as they were (float32 as transformers builds them)."""
+    """``module.to(dtype)`` in place, the rotary buffers kept as they were (float32, as transformers builds them)."""
     kept = rotary_buffers(module)
     module.to(dtype=dtype)
     for (owner, name), buffer in kept.items():

@@ -35,7 +35,7 @@ LAST = "last.ckpt"
 
 
 class StageCheckpoints(ModelCheckpoint):
-    """Periodic checkpoints, the newest ``keep_checkpoints`` kept beside ``last.ckpt``; the final state saved at the end."""
+    """Periodic checkpoints, the newest ``keep_checkpoints`` kept beside ``last.ckpt``; the final state saved last."""
 
     def __init__(self, folder: Path, train: TrainConfig, stage: str) -> None:
         if train.keep_checkpoints < 0:
@@ -88,7 +88,9 @@ class StreamingCheckpointIO(TorchCheckpointIO):
                 os.unlink(tmp)
             raise
 
-    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"Checkpoint file not found: {path}")
         return torch.load(path, map_location=map_location or "cpu", weights_only=weights_only, mmap=True)

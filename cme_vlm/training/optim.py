@@ -6,7 +6,8 @@ update exceeds about ``|w| · 2^-9``, so at lr 1e-6 plain AdamW silently drops m
 Kahan summation keeps what rounding lost in a bf16 compensation buffer and adds it back on the
 next step, so bf16 weights follow the float32 trajectory (tests/training/test_optim.py) with
 weights, moments and compensation all in bf16 (8 bytes a trained parameter, no float32 copy).
-On float32 weights it is plain AdamW.
+On float32 weights it is plain AdamW. On a CUDA card it steps plain (unsharded) parameters with
+optimi's fused Triton kernels (``triton_kernels``).
 
 ``gradient_release: true`` (``kahan_adamw`` only) fuses each parameter's update into the
 backward pass (optimi's post-accumulate-grad hooks) and frees its gradient at once, so no

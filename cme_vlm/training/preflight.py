@@ -123,8 +123,9 @@ def preflight(cfg: ExperimentConfig, run_dir: Path, stages: Iterable[tuple[str, 
     free = _free_disk(run_dir)
     if needed > free:
         out.append(Text(f"warning: the training stages need {needed / GB:.0f} GB of disk, but {run_dir} has "
-                        f"{free / GB:.0f} GB free. Lower sft.keep_checkpoints / dpo.keep_checkpoints, or point "
-                        "output_dir or --run-dir at a larger disk.", style="yellow"))
+                        f"{free / GB:.0f} GB free. Point output_dir or --run-dir at a larger disk, or lower "
+                        f"sft.keep_checkpoints / dpo.keep_checkpoints (now {cfg.sft.keep_checkpoints} / "
+                        f"{cfg.dpo.keep_checkpoints}).", style="yellow"))
     host, memory = max((r.host for r in rows), default=0), _host_memory()
     if host > memory:
         out.append(Text(f"warning: a training stage needs {host / GB:.0f} GB of host memory, but this machine has "

@@ -15,6 +15,7 @@ pairs for DPO) and how many units it holds; this module does the rest once:
   approximation of gradient accumulation) and the last one updates the weights. Global-norm
   clipping needs every gradient at once, so it is refused there (``grad_clip: 0``) and no
   gradient norm is logged;
+- a non-finite loss on any device stops every device at the same micro-batch (``non_finite``);
 - ``train/loss`` is the window's mean loss per unit (a torchmetrics metric weighted by units,
   synchronised over devices), logged the same way by SFT and DPO;
 - under ``strategy: fsdp`` ``configure_model`` shards the module (``cme_vlm.training.sharding``),

@@ -28,7 +28,7 @@ def _on(cfg, device: str):
 def _stop_at(monkeypatch, target: str) -> None:
     """Replace ``target`` (a function that receives the loaded model first) by one that reports where the model is."""
     def report(loaded, *args, **kwargs):
-        raise Placed({p.device.type for p in loaded.model.parameters()} | {b.device.type for b in loaded.model.buffers()})
+        raise Placed({t.device.type for t in (*loaded.model.parameters(), *loaded.model.buffers())})
 
     monkeypatch.setattr(target, report)
 

@@ -29,8 +29,8 @@ BF16_LORA = ("precision=bf16-true", "optimizer=kahan_adamw", "gradient_checkpoin
 
 def config(stage: str, *overrides: str) -> ExperimentConfig:
     """The tiny model, float32 on CPU, 4 optimizer steps with a checkpoint every 2 (step 2 is mid-epoch), both kept."""
-    settings = ("accelerator=cpu", "precision=32-true", "max_steps=4", "checkpoint_every_n_steps=2", "keep_checkpoints=2",
-                *overrides)
+    settings = ("accelerator=cpu", "precision=32-true", "max_steps=4", "checkpoint_every_n_steps=2",
+                "keep_checkpoints=2", *overrides)
     return load_config(None, ["model=tiny", "wandb.mode=disabled", "wandb.callbacks=[ablation]",
                               *(f"{stage}.{s}" for s in settings)])
 

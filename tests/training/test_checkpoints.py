@@ -3,6 +3,8 @@ optimizer state copied off the device when training ends."""
 
 from __future__ import annotations
 
+import os
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +22,7 @@ from cme_vlm.preference.reference import precompute_reference
 from cme_vlm.schema import FreezingConfig, Optimizer
 from cme_vlm.training.dpo_stage import train_dpo
 from cme_vlm.training.sft_stage import train_sft
+from cme_vlm.training.trainer import build_trainer
 
 from .test_dpo_module import _pairs
 from .test_sft_stage import _records
@@ -44,7 +47,9 @@ def _cfg(tiny_cfg, stage: str, **train: Any):
 
 
 def _saved(folder: Path) -> dict[str, int]:
-    return {p.name: torch.load(p, weights_only=False)["global_step"] for p in sorted((folder / "checkpoints").iterdir())}
+    """Each file in the stage's checkpoint folder, and the optimizer step it holds."""
+    files = sorted((folder / "checkpoints").iterdir())
+    return {p.name: torch.load(p, weights_only=False)["global_step"] for p in files}
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
@@ -94,3 +99,26 @@ def test_dpo_saves_its_final_state_like_sft(tiny_cfg, inputs, tmp_path):
     train_dpo(_cfg(tiny_cfg, "dpo", max_steps=3, checkpoint_every_n_steps=2, batch_size=2),
               inputs["pairs"], inputs["base"], tmp_path)
     assert _saved(tmp_path) == {"last.ckpt": 3, "step=2.ckpt": 2}
+
+
+def _resident() -> int:
+    """This process's resident memory in bytes (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_checkpoint_is_written_and_read_without_a_copy_in_host_memory(tiny_cfg, tmp_path):
+    """Lightning's own checkpoint IO serialises a checkpoint into a buffer in host memory and copies that buffer before
+    writing it (twice the checkpoint: ~124 GB for the 7B), and reads one back whole."""
+    cfg = _cfg(tiny_cfg, "sft")
+    io = build_trainer(cfg.sft, cfg, tmp_path, 1, "sft").strategy.checkpoint_io
+    weights = torch.arange(16 * 2**20, dtype=torch.float32)  # 64 MiB
+    tracemalloc.start()
+    io.save_checkpoint({"state_dict": {"w": weights}}, tmp_path / "last.ckpt")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < weights.nbytes / 16
+    before = _resident()
+    loaded = io.load_checkpoint(tmp_path / "last.ckpt")
+    assert _resident() - before < weights.nbytes / 4  # mapped from the file, read as it is used
+    assert torch.equal(loaded["state_dict"]["w"], weights)

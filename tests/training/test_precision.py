@@ -67,8 +67,8 @@ def test_micro_batch_counts_stay_exact_under_the_bf16_default_dtype(tiny_loaded,
     assert float(units) == n
 
 
-@pytest.mark.parametrize(("optimizer", "precision", "weights"),
-                         [(Optimizer.adamw, "bf16-mixed", torch.float32), (Optimizer.kahan_adamw, "bf16-true", torch.bfloat16)])
+@pytest.mark.parametrize(("optimizer", "precision", "weights"), [(Optimizer.adamw, "bf16-mixed", torch.float32),
+                                                                 (Optimizer.kahan_adamw, "bf16-true", torch.bfloat16)])
 def test_auto_precision_on_a_gpu_with_auto_dtype_weights_trains_no_bf16_weights_with_plain_adamw(
         tiny_cfg, monkeypatch, optimizer, precision, weights):
     from cme_vlm.models.loading import load_model

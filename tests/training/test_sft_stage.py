@@ -87,7 +87,7 @@ def _assert_close_tensors(a: dict, b: dict) -> None:
 @pytest.mark.parametrize("stepping", [{}, {"optimizer": Optimizer.kahan_adamw, "gradient_release": True, "grad_clip": 0.0}],
                          ids=["adamw", "gradient-release"])
 def test_resume_mid_epoch_ends_with_the_uninterrupted_weights_and_optimizer_state(tiny_cfg, answered, tmp_path, stepping):
-    cfg = _cfg(tiny_cfg, max_steps=4, keep_checkpoints=2, **stepping)
+    cfg = _cfg(tiny_cfg, max_steps=4, keep_checkpoints=2, **stepping)  # step 2 kept beside step 4
     train_sft(cfg, answered, tmp_path / "a")  # 3 batches an epoch: step 2 is mid-epoch
     mid = torch.load(tmp_path / "a" / "checkpoints" / "step=2.ckpt", weights_only=False)
     assert mid["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] % 3 != 0
