@@ -14,9 +14,6 @@ parameter group, which the copy would duplicate once per parameter: hundreds of 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from cme_vlm import atomic
 from cme_vlm.errors import ConfigError, TrainingError
 from cme_vlm.schema import TrainConfig
 from cme_vlm.training.sharding import CHECKPOINT_FILES
@@ -40,9 +38,11 @@ class StageCheckpoints(ModelCheckpoint):
     def __init__(self, folder: Path, train: TrainConfig, stage: str) -> None:
         if train.keep_checkpoints < 0:
             raise ConfigError(f"{stage}.keep_checkpoints={train.keep_checkpoints} must be 0 (last.ckpt only) or more.")
+        # no version counter: a resumed run overwrites last.ckpt rather than writing last-v1.ckpt beside it
         super().__init__(
             dirpath=folder, filename="{step}", save_last=True, save_top_k=train.keep_checkpoints, monitor="step",
             mode="max", every_n_train_steps=train.checkpoint_every_n_steps or None, save_on_train_epoch_end=True,
+            enable_version_counter=False,
         )
         self.saved_step: int | None = None
 
@@ -74,19 +74,8 @@ class StreamingCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic.atomic_file(path) as tmp:
             torch.save(checkpoint, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
 
     def load_checkpoint(
         self, path: str | Path, map_location: Any = None, weights_only: bool | None = None

@@ -97,6 +97,7 @@ def test_resume_mid_epoch_ends_with_the_uninterrupted_weights_and_optimizer_stat
     a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)
     assert b["global_step"] == a["global_step"] == 4
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["last.ckpt", "step=4.ckpt"]  # no -v1
     assert b["lr_schedulers"][0]["last_epoch"] == a["lr_schedulers"][0]["last_epoch"] == 4
     state_a, state_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     assert all(float(state_b[k]["step"]) == float(state_a[k]["step"]) == 4 for k in state_a)
