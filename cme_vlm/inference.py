@@ -25,9 +25,12 @@ from cme_vlm.schema import ExperimentConfig
 console = Console()
 
 
-def _read(flag: str, reader: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
+def _read(flag: str, reader: Callable[..., np.ndarray], path: Path, *args: Any) -> np.ndarray:
+    """``reader(path, *args)``, its errors named after the command-line flag that gave ``path``."""
+    if not Path(path).is_file():
+        raise DataError(f"{flag} '{path}' does not exist. Give a PNG or JPEG file.")
     try:
-        return reader(*args)
+        return reader(path, *args)
     except DataError as e:
         raise DataError(f"{flag}: {e}") from None
 
