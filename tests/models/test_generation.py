@@ -54,7 +54,8 @@ def test_generate_restores_training_mode(tiny_loaded):
 
 @pytest.mark.slow
 def test_compiled_decode_step_gives_the_same_tokens(tiny_loaded):
-    """``generation.compile=always`` compiles the decode step even on CPU (slower there; ~30 s to compile)."""
+    """``generation.compile=always`` compiles the decode step even on CPU (slower there; ~60 s to compile its
+    dynamic shapes with a cold inductor cache on 2 cores)."""
     compiled = GenerationConfig(cache=CacheKind.static, compile=Switch.always)
     # a copy: transformers keeps the compiled call on the model, which then no longer pickles (DDP spawn tests)
     loaded = dataclasses.replace(tiny_loaded, model=copy.deepcopy(tiny_loaded.model))
