@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Issue 12 on one lent GPU, in one `run` call of at most 9 minutes: the project's SFT and DPO bench rows
-# (experiments/paper.yaml: sft_paper and dpo_paper on the Qwen2.5-VL-7B architecture with random weights)
-# then the peer (TRL's SFTTrainer without checkpointing, DPOTrainer with it) on the same card.
-# Targets it checks (bench/NOTES.md, "Training on one card: the device run"): SFT >= 8,000 tokens/s,
-# DPO >= 4,000 tokens/s, peak <= 70 GiB; the peer measured 5,306 and 1,579 tokens/s (issue 8).
+# Issues 12, 20 and 23 on one lent GPU, in one `run` call of at most 9 minutes:
+#   1. a smoke: the paper's training settings (experiments/paper.yaml: bf16-true, optimi's Kahan AdamW with gradient
+#      release, activation checkpointing, precomputed reference) at the 7B widths with 2 decoder layers and 2 vision
+#      blocks, 2 steps of SFT and of DPO; if it fails, the script prints why and stops;
+#   2. the project's SFT and DPO rows on the Qwen2.5-VL-7B architecture with random weights ($OUT/project/bench.json,
+#      rewritten after each row);
+#   3. the peer on the same card: TRL's SFTTrainer without checkpointing, DPOTrainer with it ($OUT/peer.txt, a line
+#      per row as it comes); 4. the ratios (cme_vlm.bench.compare).
+# Targets (bench/NOTES.md): SFT >= 8,000 tokens/s, DPO >= 6,000 tokens/s, peak <= 70 GiB; the peer measured 5,306 and
+# 1,579 tokens/s on an H100 (issue 8).
 #
 # Prepare in the repository root of the calling machine (/.anchors/ and /.whl/ are git-ignored; the wheels are
 # those bench/device_generate.sh carries plus the training stack's and the peer's, about 38 MB):
@@ -16,37 +21,41 @@
 #     opentelemetry-api==1.45.2 trl==1.16.0
 #   python3 -m pip wheel --no-deps --no-binary :all: antlr4-python3-runtime==4.9.3 -w .whl   # sdist only
 # Then one device `run`: command "bash bench/device_train.sh", carry [".anchors", ".whl"], timeout_s 600.
-# `bash bench/device_train.sh --tiny` runs the same steps with the tiny model on CPU (a dry run).
+# `bash bench/device_train.sh --tiny [OVERRIDES]` runs the same steps with the tiny model on CPU (the peer only where
+# .anchors/ holds its scripts); OVERRIDES (a.b=c) go to every cme-vlm call.
 set -uo pipefail
-
-out=${OUT:-/tmp/device-train}
-project=(--config experiments/paper.yaml model.path=)
-peer=(--steps 10)
+tiny=0
 if [[ ${1:-} == --tiny ]]; then
-  project=(--config experiments/paper.yaml model=tiny)
-  peer=(--steps 3 --tiny)  # the peer's tiny model takes ~13 s a step on 2 CPU cores
+  tiny=1
+  shift
 fi
-mkdir -p "$out"
+OUT=${OUT:-/tmp/device-train}
+source "$(dirname "$0")/device_common.sh"
 
-site=/tmp/site
-if [[ -d .whl ]] && command -v nvidia-smi >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $site .whl/*.whl \
-    || exit 1
-  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
-else  # a CPU dry run: the local environment has the project's packages; the wheels are for Python 3.12
-  site=$(mktemp -d)
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/trl-*.whl || exit 1
+if ((tiny)); then
+  project=(--config experiments/paper.yaml model=tiny bench.answer_tokens=16 "$@")
+  smoke_shape=()
+  steps=(--steps 1 bench.warmup_steps=0)
+  peer_args=(--steps 3 --tiny)  # the peer's tiny model takes ~13 s a step on 2 CPU cores
+else
+  project=(--config experiments/paper.yaml model.path= "$@")
+  smoke_shape=(model.architecture.text_config.num_hidden_layers=2 model.architecture.vision_config.depth=2
+               "model.architecture.vision_config.fullatt_block_indexes=[1]")
+  steps=(--steps 10)
+  peer_args=(--steps 8)
 fi
-export PYTHONPATH=$site:$PWD PYTHONUNBUFFERED=1 WANDB_MODE=disabled
-python3 -c "import torch, transformers, lightning, optimi; print('torch', torch.__version__, 'transformers', \
-transformers.__version__, 'lightning', lightning.__version__, 'optimi', optimi.__version__)" | tee "$out/versions.txt"
 
-# The project: sft_paper and dpo_paper as configured (bf16 weights, Kahan AdamW with gradient release,
-# activation checkpointing, precomputed reference), each row on a freshly built model, 2 warm-up + 10 timed steps.
-timeout 250 python3 -m cme_vlm.cli bench --only sft,dpo --steps 10 --out "$out/project" "${project[@]}" 2>&1 \
+use_wheels
+"$PYTHON" -c "import lightning, optimi; print('lightning', lightning.__version__, 'optimi', optimi.__version__)" \
+  | tee -a "$out/versions.txt"
+
+smoke 100 --only sft,dpo --steps 2 bench.warmup_steps=0 "${project[@]}" "${smoke_shape[@]}"
+
+# The project: each row on a freshly built model, bench.warmup_steps (2) untimed steps, then the timed ones.
+timeout 220 "$PYTHON" -m cme_vlm.cli bench --only sft,dpo "${steps[@]}" --out "$out/project" "${project[@]}" 2>&1 \
   | tee "$out/project.log"
 
 # The peer: TRL 1.16, full fine-tuning, vision frozen; SFT without checkpointing, DPO with it (out of memory without).
-for args in "sft full --no-gc:120" "dpo full:140"; do
-  (cd .anchors && timeout "${args#*:}" python3 anchor_trl.py ${args%:*} "${peer[@]}" 2>&1) | grep RESULT
-done | tee "$out/peer.txt"
+peer 90 anchor_trl.py sft full --no-gc "${peer_args[@]}"
+peer 100 anchor_trl.py dpo full "${peer_args[@]}"
+compare

@@ -27,3 +27,7 @@ class ModelError(CmeVlmError):
 
 class TrainingError(CmeVlmError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class BenchError(CmeVlmError):
+    """A benchmark row could not be measured."""

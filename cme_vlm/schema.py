@@ -188,6 +188,14 @@ class ModelConfig:
 
 
 # --------------------------------------------------------------------------- training
+class Switch(str, Enum):
+    """auto, always or never (not on/off: YAML reads a bare on/off as a boolean)."""
+
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
 class ComponentMode(str, Enum):
     train = "train"
     freeze = "freeze"
@@ -271,8 +279,8 @@ class TrainConfig:
     max_length: int = 1024
     padding_free: bool = False  # one unpadded row a batch (models/packing.py); sdpa/eager still attend over the row
     freezing: FreezingConfig = field(default_factory=FreezingConfig)
-    num_workers: int = 0
-    pin_memory: bool = False
+    num_workers: int = -1  # processes that collate batches; -1: auto (4 when training on CUDA, else 0: the main one)
+    pin_memory: Switch = Switch.auto  # page-locked batches for faster copies to the GPU; auto: when training on CUDA
     accelerator: str = "auto"
     devices: Any = "auto"
     strategy: str = "auto"  # a Lightning strategy (auto, ddp, ...) or fsdp: FSDP2 (cme_vlm/training/sharding.py)
@@ -411,14 +419,6 @@ class CacheKind(str, Enum):
     auto = "auto"  # static on CUDA or with generation.compile=always, dynamic otherwise
     static = "static"  # preallocated to prompt + max_new_tokens: fixed shapes, so the decode step can be compiled
     dynamic = "dynamic"  # grows by concatenation every step
-
-
-class Switch(str, Enum):
-    """auto, always or never (not on/off: YAML reads a bare on/off as a boolean)."""
-
-    auto = "auto"
-    always = "always"
-    never = "never"
 
 
 @dataclass

@@ -172,3 +172,36 @@ def test_cli_writes_the_json(tmp_path: Path):
     assert [r["row"] for r in report["rows"]] == ["sft"] and report["steps"] == 2
     assert len(report["rows"][0]["step_times_s"]) == 2
     assert (tmp_path / "config.yaml").is_file()
+
+
+def test_each_row_is_written_when_measured_and_a_failure_is_kept(tiny_loaded, tmp_path, monkeypatch):
+    """A GPU run stopped by its time limit keeps what it measured: ``bench.json`` grows row by row, and a row that
+    raises is kept with its error while the next rows still run; the command then fails naming it."""
+    from cme_vlm.bench import rows, run
+    from cme_vlm.errors import BenchError
+
+    on_disk = []  # the rows bench.json held when each row started
+
+    def written() -> list[str]:
+        path = tmp_path / "bench.json"
+        return [r["row"] for r in json.loads(path.read_text())["rows"]] if path.exists() else []
+
+    def measured(name: str) -> dict:
+        on_disk.append(written())
+        return {"row": name, "status": "ok", "batch_size": 1, "step_time_s": 1.0, "tokens_per_s": 1.0,
+                "peak_memory_gib": 0.0, "shape": {"prompt_tokens": 1, "new_tokens_per_sequence": 1}}
+
+    def training_row(stage, *args):
+        if stage == "sft":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return measured(stage)
+
+    monkeypatch.setattr(run, "_load", lambda cfg, device: tiny_loaded)
+    monkeypatch.setattr(rows, "training_row", training_row)
+    monkeypatch.setattr(run, "generation_row", lambda cfg, loaded, n, sampling, device: measured(f"bs={n}"))
+    with pytest.raises(BenchError, match="sft .RuntimeError: CUDA error"):
+        run.run_bench(load_config(None, FAST), tmp_path, steps=1)
+    assert on_disk == [["sft"], ["sft", "dpo"], ["sft", "dpo", "bs=1"], ["sft", "dpo", "bs=1", "bs=1"]]
+    saved = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [r["row"] for r in saved] == ["sft", "dpo", "bs=1", "bs=1", "bs=2"]
+    assert saved[0]["status"] == "failed" and "illegal memory access" in saved[0]["error"]

@@ -15,7 +15,7 @@ import torch
 from cme_vlm.bench.inputs import generation_inputs
 from cme_vlm.bench.timing import median, peak_memory_gib, reset_peak_memory, time_calls
 from cme_vlm.config import to_dict
-from cme_vlm.models.decoding import DecodeMode, Draw
+from cme_vlm.models.decoding import DecodeMode, Draw, StaticCaches
 from cme_vlm.models.generation import generate, prefill
 from cme_vlm.models.loading import LoadedModel
 from cme_vlm.schema import ExperimentConfig, SamplingSetting
@@ -26,13 +26,15 @@ def _generation_call(cfg: ExperimentConfig, loaded: LoadedModel, batch_size: int
     """``call(n)``: ``n`` new tokens for each of ``batch_size`` bench prompts, the way the stages generate them.
 
     Sampled: one prefill of the prompts, then one draw each (its own seed), as candidate sampling
-    decodes. Greedy: ``generate``, as ``explain`` and evaluation do.
+    decodes chunk after chunk (into the same static caches). Greedy: ``generate``, as ``explain`` and
+    evaluation do.
     """
     images, prompts = generation_inputs(cfg, loaded, batch_size)
     if sampling is None:
         return lambda n: generate(loaded, images, prompts, n, batch_size, cfg.generation)
     draws = [Draw(i, replace(sampling, seed=sampling.seed + i)) for i in range(batch_size)]
-    return lambda n: prefill(loaded, images, prompts, cfg.generation).new_tokens(draws, n)
+    caches = StaticCaches()
+    return lambda n: prefill(loaded, images, prompts, cfg.generation, caches).new_tokens(draws, n)
 
 
 def generation_row(cfg: ExperimentConfig, loaded: LoadedModel, batch_size: int, sampling: SamplingSetting | None,

@@ -2,14 +2,16 @@
 
 The configured model is built with random weights offline (``tiny`` on CPU by default; the
 7B architecture with ``model=qwen2_5_vl_7b model.path=""``), once per row so every row starts
-from fresh weights, optimizer state and peak-memory counter.
+from fresh weights, optimizer state and peak-memory counter. ``bench.json`` is rewritten after
+every row, so a run stopped by a time limit keeps what it measured; a row that fails is kept
+with its error, the rows after it still run, and the command then fails naming it.
 """
 
 from __future__ import annotations
 
 import gc
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,10 @@ from rich.table import Table
 
 from cme_vlm import atomic
 from cme_vlm.bench.generation_rows import generation_row
-from cme_vlm.bench.timing import memory_kind
+from cme_vlm.bench.timing import memory_kind, peak_memory_gib
 from cme_vlm.config import save_config
 from cme_vlm.console import folding_table
-from cme_vlm.errors import ConfigError
+from cme_vlm.errors import BenchError, ConfigError
 from cme_vlm.models.loading import LoadedModel, load_model
 from cme_vlm.schema import ExperimentConfig
 
@@ -66,27 +68,41 @@ def _check(cfg: ExperimentConfig, steps: int) -> None:
         raise ConfigError("invalid bench settings:\n  - " + "\n  - ".join(problems))
 
 
-def _rows(cfg: ExperimentConfig, rows: list[str], steps: int, device: torch.device) -> list[dict[str, Any]]:
-    results: list[dict[str, Any]] = []
-    jobs: list[Callable[[LoadedModel], list[dict[str, Any]]]] = []
+Job = Callable[[LoadedModel], Iterator[dict[str, Any]]]
+
+
+def _jobs(cfg: ExperimentConfig, rows: list[str], steps: int, device: torch.device) -> list[tuple[str, Job]]:
+    """What to measure, one job (named as its rows) per freshly built model."""
+    jobs: list[tuple[str, Job]] = []
     training = [r for r in rows if r in ("sft", "dpo")]
     if training:
         # imported only here, so generation rows run where the training stack's trackers are not installed
         from cme_vlm.bench.rows import training_row
 
-        jobs += [lambda loaded, stage=stage: [training_row(stage, cfg, loaded, steps, device)] for stage in training]
+        jobs += [(stage, lambda loaded, stage=stage: iter([training_row(stage, cfg, loaded, steps, device)]))
+                 for stage in training]
     if "generate" in rows:
         sampling = cfg.preference.sampling[0]  # the candidates' first setting, as in preference sampling
-        jobs.append(lambda loaded: [  # explain first: its peak memory is then the model's and its own
-            generation_row(cfg, loaded, 1, None, device),
-            *(generation_row(cfg, loaded, n, sampling, device) for n in cfg.bench.generation_batch_sizes),
-        ])
-    for job in jobs:
-        loaded = _load(cfg, device)
-        results += job(loaded)
-        del loaded
-        _free()
-    return results
+
+        def generation(loaded: LoadedModel) -> Iterator[dict[str, Any]]:
+            yield generation_row(cfg, loaded, 1, None, device)  # explain first: its peak is the model's and its own
+            for n in cfg.bench.generation_batch_sizes:
+                yield generation_row(cfg, loaded, n, sampling, device)
+
+        jobs.append(("generate", generation))
+    return jobs
+
+
+def _rows(cfg: ExperimentConfig, rows: list[str], steps: int, device: torch.device) -> Iterator[dict[str, Any]]:
+    """Each row as soon as it is measured; a job that raises gives one failed row and the next job runs."""
+    for name, job in _jobs(cfg, rows, steps, device):
+        try:
+            yield from job(_load(cfg, device))
+        except Exception as e:  # noqa: BLE001 - kept in bench.json with its reason, then reported
+            yield {"row": name, "status": "failed", "error": f"{type(e).__name__}: {e}"[:2000], "shape": {},
+                   "peak_memory_gib": peak_memory_gib(device)}
+        finally:
+            _free()
 
 
 def _shape_text(r: dict[str, Any]) -> str:
@@ -102,7 +118,8 @@ def _table(report: dict[str, Any]) -> Table:
                           f"MFU against {report['peak_tflops']:g} TFLOP/s)", "row", *numbers, "shape", right=numbers)
     for r in report["rows"]:
         if r["status"] != "ok":
-            table.add_row(r["row"], r["status"], "-", "-", "-", "-", f"{r['peak_memory_gib']:.2f}", _shape_text(r))
+            table.add_row(r["row"], r["status"], "-", "-", "-", "-", f"{r['peak_memory_gib']:.2f}",
+                          _shape_text(r) if r["shape"] else r.get("error", ""))
             continue
         flops, decode = r.get("flops_per_s"), r.get("decode_step_s")
         table.add_row(
@@ -139,16 +156,23 @@ def run_bench(cfg: ExperimentConfig, out: Path | None = None, steps: int = 10, o
     _check(cfg, steps)
     rows = _selected(only)
     device = bench_device()
-    report = {
+    report: dict[str, Any] = {
         "model": cfg.model.name, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": steps,
         "warmup_steps": cfg.bench.warmup_steps, "peak_tflops": cfg.bench.peak_tflops,
-        "memory": memory_kind(device), "rows": _rows(cfg, rows, steps, device),
+        "memory": memory_kind(device), "rows": [],
     }
+    if out is not None:
+        save_config(cfg, Path(out))
+    for row in _rows(cfg, rows, steps, device):
+        report["rows"].append(row)
+        if out is not None:
+            atomic.write_json(Path(out) / "bench.json", report)
     console.print(_table(report))
     if out is not None:
-        out = Path(out)
-        atomic.write_json(out / "bench.json", report)
-        save_config(cfg, out)
-        console.print(f"bench -> {out / 'bench.json'}")
+        console.print(f"bench -> {Path(out) / 'bench.json'}")
+    failed = [f"{r['row']} ({r['error']})" for r in report["rows"] if r["status"] == "failed"]
+    if failed:
+        raise BenchError("bench rows failed: " + "; ".join(failed) + ". The other rows are kept"
+                         + (f" in {Path(out) / 'bench.json'}." if out is not None else "."))
     return report

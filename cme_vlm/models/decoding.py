@@ -11,10 +11,16 @@ from their prefill are copied to the continued rows.
 The KV cache and the compiled decode step follow ``GenerationConfig`` (``DecodeMode``):
 transformers compiles the model's forward for the decode steps when the cache is static
 (``torch.compile`` mode ``reduce-overhead``: CUDA graphs), and runs the prefill eagerly.
+The step is compiled with dynamic shapes, so one graph serves every batch size above one and
+every cache length (batch one is a graph of its own: torch specialises sizes of one), and
+dynamo keeps it for the process: a second model of the same architecture reuses it. Static
+caches come from ``StaticCaches``, which keeps them across ``generate`` calls, so the CUDA
+graph recorded for a shape replays on the same buffers instead of being recorded again.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,7 +63,7 @@ class DecodeMode:
         """What ``generate`` needs to compile the decode step, or not to."""
         if not self.compiled:
             return {"disable_compile": True}  # transformers otherwise compiles any static-cache decode on CUDA
-        config = CompileConfig()
+        config = CompileConfig(dynamic=True)
         # transformers' own switch for compiling off CUDA (its default is CUDA-like devices only)
         config._compile_all_devices = device.type != "cuda"
         return {"compile_config": config}
@@ -87,13 +93,42 @@ def _cache_length(tokens: int) -> int:
     return -(-tokens // CACHE_BLOCK) * CACHE_BLOCK
 
 
-class SharedPrefix:
-    """A batch of encoded records (``inputs``: the processor's left-padded output), prefilled once."""
+class StaticCaches:
+    """Static KV caches of one model kept across ``generate`` calls, the ``keep`` most recently used shapes.
 
-    def __init__(self, loaded: LoadedModel, inputs: dict[str, torch.Tensor], generation: GenerationConfig) -> None:
+    A cache handed out again is emptied (``reset``), so it is used exactly as a new one, at the same addresses.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self.caches: OrderedDict[tuple[int, int], StaticCache] = OrderedDict()
+
+    def get(self, config: Any, rows: int, length: int) -> StaticCache:
+        """An empty cache of ``rows`` rows with room for ``length`` tokens (rounded up to ``CACHE_BLOCK``)."""
+        key = (rows, _cache_length(length))
+        cache = self.caches.pop(key, None)
+        if cache is None:
+            cache = StaticCache(config=config, max_cache_len=key[1])
+        else:
+            cache.reset()
+        self.caches[key] = cache
+        while len(self.caches) > self.keep:
+            self.caches.popitem(last=False)
+        return cache
+
+
+class SharedPrefix:
+    """A batch of encoded records (``inputs``: the processor's left-padded output), prefilled once.
+
+    ``caches``: where continued static caches come from (a pool shared by the caller's batches; default its own).
+    """
+
+    def __init__(self, loaded: LoadedModel, inputs: dict[str, torch.Tensor], generation: GenerationConfig,
+                 caches: StaticCaches | None = None) -> None:
         self.loaded = loaded
         self.inputs = {k: v.to(loaded.model.device) for k, v in inputs.items()}
         self.mode = DecodeMode.resolve(generation, loaded.model.device)
+        self.caches = caches or StaticCaches()
         self.cache = DynamicCache(config=loaded.model.config)
         head = {k: self.inputs[k][:, :-1] for k in PREFIX_KEYS if k in self.inputs}
         images = {k: self.inputs[k] for k in IMAGE_KEYS if k in self.inputs}
@@ -105,7 +140,7 @@ class SharedPrefix:
         """A cache whose row ``j`` holds the prefix of record ``rows[j]``, with room for ``length`` tokens."""
         config = self.loaded.model.config
         if self.mode.static_cache:
-            cache: DynamicCache | StaticCache = StaticCache(config=config, max_cache_len=_cache_length(length))
+            cache: DynamicCache | StaticCache = self.caches.get(config, len(rows), length)
         else:
             cache = DynamicCache(config=config)
         for index, layer in enumerate(self.cache.layers):

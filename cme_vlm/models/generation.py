@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 
 from PIL import Image
 
-from cme_vlm.models.decoding import Draw, SharedPrefix
+from cme_vlm.models.decoding import Draw, SharedPrefix, StaticCaches
 from cme_vlm.models.loading import LoadedModel
 from cme_vlm.schema import GenerationConfig
 
@@ -39,14 +39,18 @@ def length_batches(loaded: LoadedModel, prompts: Sequence[str], batch_size: int)
 
 
 def prefill(
-    loaded: LoadedModel, images: list[Image.Image], prompts: list[str], generation: GenerationConfig
+    loaded: LoadedModel, images: list[Image.Image], prompts: list[str], generation: GenerationConfig,
+    caches: StaticCaches | None = None,
 ) -> SharedPrefix:
-    """Encode the (image, prompt) records (left-padded) and prefill them once for any number of draws."""
+    """Encode the (image, prompt) records (left-padded) and prefill them once for any number of draws.
+
+    ``caches``: the static caches of the caller's earlier batches, to decode into again.
+    """
     if len(images) != len(prompts):
         raise ValueError(f"prefill got {len(images)} images but {len(prompts)} prompts")
     loaded.processor.tokenizer.padding_side = "left"  # every row's answer starts at the same position
     inputs = loaded.processor(text=prompt_texts(loaded, prompts), images=images, padding=True, return_tensors="pt")
-    return SharedPrefix(loaded, dict(inputs), generation)
+    return SharedPrefix(loaded, dict(inputs), generation, caches)
 
 
 def generate(
@@ -60,8 +64,9 @@ def generate(
     """The greedy answer to each (image, prompt), in the given order; batches are cut by prompt length."""
     generation = generation or GenerationConfig()
     answers = [""] * len(prompts)
+    caches = StaticCaches()
     for batch in length_batches(loaded, prompts, batch_size):
-        prefix = prefill(loaded, [images[i] for i in batch], [prompts[i] for i in batch], generation)
+        prefix = prefill(loaded, [images[i] for i in batch], [prompts[i] for i in batch], generation, caches)
         for i, answer in zip(batch, prefix.answers([Draw(j) for j in range(len(batch))], max_new_tokens), strict=True):
             answers[i] = answer
     return answers

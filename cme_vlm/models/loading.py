@@ -18,6 +18,7 @@ from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from cme_vlm.errors import ModelError
 from cme_vlm.models.adapters import ModelAdapter, adapter_for, adapter_for_model_type
+from cme_vlm.models.attention import use_fast_attention
 from cme_vlm.models.dtypes import cast_floating
 from cme_vlm.models.tokenizer import QWEN_FIRST_SPECIAL_ID, train_offline_tokenizer
 from cme_vlm.schema import ExperimentConfig, ModelConfig
@@ -51,8 +52,11 @@ def load_model(cfg: ExperimentConfig, path: str | Path | None = None) -> LoadedM
     adapter = adapter_for(cfg.model.family)
     source = str(path) if path else cfg.model.path
     if not source:
-        return build_from_config(cfg, adapter)
-    return _from_pretrained(source, cfg.model, adapter, "--model" if path else "model.path")
+        loaded = build_from_config(cfg, adapter)
+    else:
+        loaded = _from_pretrained(source, cfg.model, adapter, "--model" if path else "model.path")
+    use_fast_attention(loaded.model)
+    return loaded
 
 
 def build_from_config(cfg: ExperimentConfig, adapter: ModelAdapter) -> LoadedModel:

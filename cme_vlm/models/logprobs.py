@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from cme_vlm.models.adapters import IGNORE_INDEX
+from cme_vlm.models.head_logprobs import HEAD_CHUNK, token_logprobs
 from cme_vlm.models.packing import SEQUENCE_LENGTHS, is_packed, positions_by_sequence
 
 # mm_encoder_outputs: image features computed once and shared by several sequences (DPO pairs);
@@ -41,30 +41,6 @@ def next_token_targets(labels: Tensor) -> tuple[Tensor, Tensor]:
     shifted[:, :-1] = labels[:, 1:]
     positions = shifted != IGNORE_INDEX
     return positions, shifted[positions]
-
-
-def _chunk_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
-    logits = hidden @ weight.T
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 1024) -> Tensor:
-    """``log p(y_n | x_<n) = z_n[y_n] - logsumexp(z_n)`` with ``z_n = W h_n`` in float32 (or wider).
-
-    ``hidden: [N, H]`` (answer positions only), ``weight: [V, H]`` (the output head),
-    ``targets: [N]`` -> ``[N]`` float32 (float64 for a float64 model). The logits are built
-    ``chunk_size`` rows at a time and recomputed in the backward pass, so at most
-    ``[chunk_size, V]`` logits exist at once instead of the full ``[B, T, V]``.
-    """
-    parts = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            parts.append(checkpoint(_chunk_logprobs, h, weight, y, use_reentrant=False))
-        else:
-            parts.append(_chunk_logprobs(h, weight, y))
-    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.promote_types(hidden.dtype, torch.float32))
 
 
 def sequence_logprobs(token_logp: Tensor, positions: Tensor) -> Tensor:
@@ -89,7 +65,7 @@ def hf_model(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def answer_logprobs(model: nn.Module, batch: dict[str, Any], chunk_size: int = 1024) -> AnswerLogprobs:
+def answer_logprobs(model: nn.Module, batch: dict[str, Any], chunk_size: int = HEAD_CHUNK) -> AnswerLogprobs:
     """Hidden states from the model's base, the head applied to answer positions only.
 
     The ``[B, T, V]`` logits are never built: only ``[N, H]`` hidden states go through the head.

@@ -30,7 +30,7 @@ from rich.progress import (
 )
 
 from cme_vlm import atomic
-from cme_vlm.models.decoding import Draw
+from cme_vlm.models.decoding import Draw, StaticCaches
 from cme_vlm.models.generation import length_order, prefill
 from cme_vlm.models.loading import LoadedModel
 from cme_vlm.schema import GenerationConfig, PreferenceConfig, SamplingSetting
@@ -85,10 +85,12 @@ def _draws(slots: list[tuple[int, int]], ids: list[str], settings: Sequence[Samp
 
 
 def _sample_chunk(
-    loaded: LoadedModel, rows: list[dict[str, Any]], cfg: PreferenceConfig, generation: GenerationConfig
+    loaded: LoadedModel, rows: list[dict[str, Any]], cfg: PreferenceConfig, generation: GenerationConfig,
+    caches: StaticCaches,
 ) -> tuple[list[list[str]], list[int]]:
     """Per record: K candidates (duplicates re-sampled) and how many re-samples it took; one prefill for all."""
-    prefix = prefill(loaded, [r["overlay"].convert("RGB") for r in rows], [r["prompt"] for r in rows], generation)
+    images = [r["overlay"].convert("RGB") for r in rows]
+    prefix = prefill(loaded, images, [r["prompt"] for r in rows], generation, caches)
     ids, settings = [r["id"] for r in rows], cfg.sampling[: cfg.k]
     per_record = [[""] * cfg.k for _ in rows]
     resamples = [0] * len(rows)
@@ -117,11 +119,12 @@ def sample_candidates(
     todo = [i for i, record_id in enumerate(ids) if record_id not in done]
     todo = [todo[j] for j in length_order(loaded, [prompts[i] for i in todo])]
     columns = (TextColumn("sampling candidates"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    caches = StaticCaches()  # chunk after chunk of the same shape decodes into the same buffers
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task("sample", total=len(ids), completed=len(ids) - len(todo))
         for start in range(0, len(todo), cfg.batch_size):
             chunk = [records[i] for i in todo[start : start + cfg.batch_size]]
-            per_record, resamples = _sample_chunk(loaded, chunk, cfg, generation)
+            per_record, resamples = _sample_chunk(loaded, chunk, cfg, generation, caches)
             for row, cands, n in zip(chunk, per_record, resamples):
                 result = CandidateSet(row["id"], cands, duplicate_flags(cands), n)
                 atomic.append_jsonl(journal, result.to_json())

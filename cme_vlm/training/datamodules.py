@@ -17,12 +17,25 @@ from cme_vlm.data.records import TRAINABLE_PROVENANCES
 from cme_vlm.data.sampling import EpochSampler, ResumableDataModule
 from cme_vlm.errors import DataError
 from cme_vlm.models.encoding import ChatEncoder, PairCollator, SFTCollator
-from cme_vlm.schema import AugmentConfig, DPOConfig, SFTConfig
+from cme_vlm.schema import AugmentConfig, DPOConfig, SFTConfig, Switch, TrainConfig
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
 import albumentations as A  # noqa: E402
 
 COLUMNS = ["id", "overlay", "mask", "prompt", "answer"]
+AUTO_WORKERS = 4  # collating a batch (image processor, tokenizer) takes tens of ms; a GPU step takes hundreds
+
+
+def loader_options(train: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """``DataLoader`` workers and pinning for training on ``device`` (``auto``: workers and pinned batches on CUDA only).
+
+    Workers fetch and collate the batches the epoch sampler names, in its order, so the order and
+    a resumed epoch are the same with or without them; on the CPU the main process collates.
+    """
+    cuda = device.type == "cuda"
+    workers = train.num_workers if train.num_workers >= 0 else (min(AUTO_WORKERS, os.cpu_count() or 1) if cuda else 0)
+    pin = train.pin_memory is Switch.always or (train.pin_memory is Switch.auto and cuda)
+    return {"num_workers": workers, "pin_memory": pin, "persistent_workers": workers > 0}
 
 
 def augmentation(cfg: AugmentConfig, seed: int) -> A.Compose:
@@ -71,7 +84,15 @@ class RecordDataset(torch.utils.data.Dataset):
         return {**row, "overlay": overlay}
 
 
-class SFTDataModule(ResumableDataModule):
+class _TrainingLoaders(ResumableDataModule):
+    """The DataLoader options of the device the attached trainer trains on (the CPU before one is attached)."""
+
+    def loader_options(self, train: TrainConfig) -> dict[str, Any]:
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        return loader_options(train, device)
+
+
+class SFTDataModule(_TrainingLoaders):
     """Train/val/test splits of the answered dataset (from its ``split`` column, by procedure)."""
 
     def __init__(self, ds: Dataset, encoder: ChatEncoder, train: SFTConfig):
@@ -96,8 +117,7 @@ class SFTDataModule(ResumableDataModule):
     def _loader(self, split: str, sampler: EpochSampler | None = None) -> DataLoader:
         return DataLoader(
             self.splits[split], batch_size=self.train_cfg.batch_size, sampler=sampler, collate_fn=self.collate,
-            num_workers=self.train_cfg.num_workers, pin_memory=self.train_cfg.pin_memory,
-            persistent_workers=self.train_cfg.num_workers > 0,
+            **self.loader_options(self.train_cfg),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -111,7 +131,7 @@ class SFTDataModule(ResumableDataModule):
         return self._loader("test")
 
 
-class PreferenceDataModule(ResumableDataModule):
+class PreferenceDataModule(_TrainingLoaders):
     """Pairs whose ``split`` column is train (shuffled) or val, those an expert rejected left out."""
 
     def __init__(self, pairs: Dataset, encoder: ChatEncoder, cfg: DPOConfig) -> None:
@@ -132,7 +152,7 @@ class PreferenceDataModule(ResumableDataModule):
     def _loader(self, ds: Dataset, sampler: EpochSampler | None = None) -> DataLoader:
         return DataLoader(
             ds, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=self.collate,
-            num_workers=self.cfg.num_workers, pin_memory=self.cfg.pin_memory,
+            **self.loader_options(self.cfg),
         )
 
     def train_dataloader(self) -> DataLoader:

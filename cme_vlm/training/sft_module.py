@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from cme_vlm.errors import TrainingError
 from cme_vlm.models.adapters import ModelAdapter
+from cme_vlm.models.head_logprobs import HEAD_CHUNK
 from cme_vlm.models.logprobs import answer_logprobs
 from cme_vlm.schema import TrainConfig
 from cme_vlm.training.losses import sft_loss
@@ -26,7 +27,7 @@ LAST_GOOD = "last-good.ckpt"
 
 class SFTModule(ManualStepModule):
     def __init__(self, model: nn.Module, adapter: ModelAdapter, train: TrainConfig, total_steps: int,
-                 checkpoint_dir: str = "", chunk_size: int = 1024):
+                 checkpoint_dir: str = "", chunk_size: int = HEAD_CHUNK):
         super().__init__(model, train, total_steps, "sft")
         self.adapter, self.checkpoint_dir, self.chunk_size = adapter, checkpoint_dir, chunk_size
         self.history["val_loss"] = []

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+from unittest import mock
 
 import pytest
 import torch
 from forward_counts import counting_forwards
+from op_counts import CountingHostReads
 from PIL import Image
+from transformers import StaticCache
 
 from cme_vlm.config import load_config
 from cme_vlm.errors import ConfigError
+from cme_vlm.models import decoding
 from cme_vlm.models.decoding import DecodeMode, Draw
-from cme_vlm.models.generation import prefill, prompt_texts
+from cme_vlm.models.generation import generate, prefill, prompt_texts
 from cme_vlm.schema import CacheKind, GenerationConfig, SamplingSetting, Switch
 
 IMAGES = [Image.new("RGB", (112, 112), (0, 200, 0)), Image.new("RGB", (160, 96), (120, 40, 40))]
@@ -88,3 +92,26 @@ def test_decode_mode_resolves_auto_per_device():
     assert DecodeMode.resolve(GenerationConfig(cache=CacheKind.static), cpu).generate_kwargs(cpu) == {"disable_compile": True}
     with pytest.raises(ConfigError, match="generation.cache=static"):
         load_config(None, ["generation.compile=always", "generation.cache=dynamic"])
+
+
+def test_one_static_cache_for_all_batches_of_a_shape(tiny_loaded):
+    """The trap: a new static cache for every batch, so a compiled step records its CUDA graph again each time."""
+    static = GenerationConfig(cache=CacheKind.static)
+    expected = generate(tiny_loaded, IMAGES[:1] * 2, PROMPTS[:1] * 2, 5, 1, static)  # two batches of one shape
+    with mock.patch.object(decoding, "StaticCache", wraps=StaticCache) as built:
+        assert generate(tiny_loaded, IMAGES[:1] * 2, PROMPTS[:1] * 2, 5, 1, static) == expected
+    assert built.call_count == 1  # emptied and refilled for the second batch, with the same tokens
+
+
+def test_one_host_read_per_decode_step(tiny_loaded):
+    """Sampled and greedy rows with the static cache (the CUDA default): the decode loop reads the device once a
+    step, transformers' stop check; the sampler reads nothing. (With the dynamic cache, the CPU default,
+    transformers also checks the padding of a padded batch every step.)"""
+    prefix = prefill(tiny_loaded, IMAGES, PROMPTS, GenerationConfig(cache=CacheKind.static))
+    draws = [Draw(0), Draw(1, HOT), Draw(0, dataclasses.replace(HOT, top_k=5, seed=9))]
+    reads = []
+    for n in (1, 9):
+        with CountingHostReads() as counted:
+            prefix.new_tokens(draws, n)
+        reads.append(counted.count)
+    assert (reads[1] - reads[0]) / 8 == 1

@@ -51,11 +51,11 @@ def test_sampling_resumes_without_recomputing_finished_records(tiny_loaded, tmp_
     real = sampling.prefill
     prefilled: list[int] = []
 
-    def crashing(loaded, images, prompts, generation):
+    def crashing(loaded, images, prompts, generation, caches):
         if prefilled:  # the first chunk (2 records) finished; die in the second
             raise KeyboardInterrupt
         prefilled.append(len(prompts))
-        return real(loaded, images, prompts, generation)
+        return real(loaded, images, prompts, generation, caches)
 
     monkeypatch.setattr(sampling, "prefill", crashing)
     rows = _rows(4)
@@ -64,9 +64,9 @@ def test_sampling_resumes_without_recomputing_finished_records(tiny_loaded, tmp_
     first = read_journal(journal)
     assert len(first) == 2
 
-    def counting(loaded, images, prompts, generation):
+    def counting(loaded, images, prompts, generation, caches):
         prefilled.append(len(prompts))
-        return real(loaded, images, prompts, generation)
+        return real(loaded, images, prompts, generation, caches)
 
     monkeypatch.setattr(sampling, "prefill", counting)
     out = sample_candidates(tiny_loaded, rows, _cfg(max_resamples=0), journal)
