@@ -27,7 +27,7 @@ from cme_vlm import atomic, review_server
 from cme_vlm.data.records import load_dataset
 from cme_vlm.errors import DataError
 from cme_vlm.evaluation.agreement import RatedCase, judge_expert_agreement
-from cme_vlm.evaluation.report import METRICS_FILENAME, read_metrics, write_report
+from cme_vlm.evaluation.report import METRICS_FILENAME, display_name, read_metrics, write_report
 from cme_vlm.evaluation.tracking import log_evaluation
 from cme_vlm.review_server import Field, SheetForm, Shown
 from cme_vlm.review_sheet import png_bytes
@@ -93,7 +93,7 @@ def export_sheet(cfg: ExperimentConfig, eval_dir: Path) -> Path:
         name = f"case-{i + 1:02d}"
         order = rng.sample(models, len(models))
         key[name] = {"id": case["id"], "labels": dict(zip(labels, order, strict=True))}
-        rows.append({"case": name, "structure": case["structure"].replace("_", " "), "side": case["side"],
+        rows.append({"case": name, "structure": display_name(metrics, case["structure"]), "side": case["side"],
                      "prompt": case["prompt"], "image": f"images/{name}.png",
                      **{f"answer_{x}": case["answers"][m]["answer"] for x, m in zip(labels, order, strict=True)},
                      **{f"score_{x}": "" for x in labels}, "preferred": "", "comment": ""})
