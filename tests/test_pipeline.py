@@ -167,6 +167,8 @@ def test_paper_dry_run_plans_without_running(tmp_path: Path, capsys: pytest.Capt
     paper = Path(__file__).resolve().parents[1] / "experiments" / "paper.yaml"
     assert main(["run", str(paper), "--dry-run", "--run-dir", str(tmp_path / "paper")]) == 0
     out = capsys.readouterr().out
-    for expected in ("05-dpo", "data.manifest", "GEMINI_API_KEY", "teacher answers", "3773", "training memory", "GiB"):
+    for expected in ("05-dpo", "data.manifest", "GEMINI_API_KEY", "teacher answers", "3773", "training memory", "GiB",
+                     "models loaded from this machine", "roberta-large", "eval.bertscore.path"):
         assert expected in out
+    assert out.count("missing:") == 2  # the 7B's weights and roberta-large, neither on this machine
     assert not (tmp_path / "paper").exists()
