@@ -21,7 +21,7 @@ from rich.console import Console
 from cme_vlm.config import load_config
 from cme_vlm.config_files import USER_CONFIGS_ENV
 from cme_vlm.errors import CmeVlmError
-from cme_vlm.layout import run_folder
+from cme_vlm.layout import beside_stage, run_folder
 from cme_vlm.stages import STAGES, Input, Stage
 
 console = Console(stderr=True)
@@ -56,6 +56,8 @@ class Command:
     flags: tuple[Flag, ...] = ()
     takes_run_dir: bool = False
     positional: str = ""
+    is_stage: bool = False  # a pipeline stage's own command: without --out it writes beside the stage's folder
+    chooses_run: bool = False  # the function picks the run itself when --run-dir is not given
 
 
 def stage_command(stage: Stage) -> Command:
@@ -63,7 +65,7 @@ def stage_command(stage: Stage) -> Command:
     out = Input("out", "output folder", stage.name)
     synth = (Flag("n", "number of frames (data.synthetic.n_frames)", int, override="data.synthetic.n_frames"),)
     return Command(stage.command, stage.summary, stage.load, (*stage.inputs, out),
-                   synth if stage.name == "frames" else ())
+                   synth if stage.name == "frames" else (), is_stage=True)
 
 
 def _teacher_review() -> Any:
@@ -155,7 +157,7 @@ TOOLS: tuple[Command, ...] = (
     Command(("run",), "the whole pipeline, each stage skipped when its output is up to date", _pipeline, (),
             (Flag("dry_run", "print the plan, teacher calls and memory; run nothing", switch=True),
              Flag("new", "start a new run folder instead of resuming the latest", switch=True)),
-            takes_run_dir=True, positional="experiment"),
+            takes_run_dir=True, positional="experiment", chooses_run=True),
 )
 COMMANDS: dict[tuple[str, ...], Command] = {c.words: c for c in (*map(stage_command, STAGES), *TOOLS)}
 
@@ -206,17 +208,31 @@ def _split_positional(command: Command, args: argparse.Namespace, rest: list[str
     return args.config or bare
 
 
+def _out_beside(stage_folder: Path, command: Command) -> Path:
+    """A stage command's own output folder beside the run's stage folder, which only ``cme-vlm run`` writes."""
+    if os.environ.get("WANDB_SWEEP_ID"):  # each run of a W&B sweep agent gets its own folder
+        return stage_folder.with_name(f"{stage_folder.name}-sweeps") / os.environ.get("WANDB_RUN_ID", "run")
+    out = beside_stage(stage_folder)
+    console.print(f"{' '.join(command.words)}: writing to {out} ({stage_folder.name} itself is written only by "
+                  "`cme-vlm run`; --out DIR writes elsewhere)", soft_wrap=True, highlight=False)
+    return out
+
+
 def resolve_paths(command: Command, args: argparse.Namespace, cfg: Any) -> dict[str, Path | None]:
-    """Each path option: given on the line, else its stage's folder in the run (a sweep run's own ``out``)."""
-    run_dir = run_folder(cfg, args.run_dir, new=getattr(args, "new", False))
-    paths: dict[str, Path | None] = {RUN_DIR: run_dir} if command.takes_run_dir else {}
+    """Each path option: given on the line, else its stage's folder in the run; a stage command's ``out`` beside it.
+
+    ``run`` chooses its run itself (``cme_vlm.pipeline.choose_run``): it gets ``--run-dir`` as given.
+    """
+    run_dir = run_folder(cfg, args.run_dir)
+    paths: dict[str, Path | None] = {}
+    if command.takes_run_dir:
+        paths[RUN_DIR] = args.run_dir if command.chooses_run else run_dir
     for p in command.paths:
         value = getattr(args, p.name)
         if value is None:
             value = p.path(run_dir, cfg)
-            if p.name == "out" and os.environ.get("WANDB_SWEEP_ID"):
-                # each run of a W&B sweep agent gets its own output folder beside the stage's
-                value = value / "sweeps" / os.environ.get("WANDB_RUN_ID", "run")
+            if p.name == "out" and command.is_stage:
+                value = _out_beside(value, command)
         paths[p.name] = value
     return paths
 
@@ -236,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(experiment, overrides, args.configs)
         paths = resolve_paths(command, args, cfg)
-        flags = {f.name: getattr(args, f.name) for f in command.flags if not f.override and f.name != "new"}
+        flags = {f.name: getattr(args, f.name) for f in command.flags if not f.override}
         command.load()(cfg, **paths, **flags)
     except CmeVlmError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)

@@ -17,7 +17,8 @@ def _paths(argv: list[str]) -> dict[str, Path | None]:
 
 def test_stage_paths_default_to_the_run_layout(tmp_path: Path):
     paths = _paths(["train", "sft", "--run-dir", str(tmp_path)])
-    assert paths == {"dataset": tmp_path / "02-teacher" / "dataset", "out": tmp_path / "03-sft"}
+    assert paths["dataset"] == tmp_path / "02-teacher" / "dataset"
+    assert paths["out"].parent == tmp_path and paths["out"].name.startswith("03-sft-")  # beside, never 03-sft itself
     paths = _paths(["preference", "build", "--run-dir", str(tmp_path), "--out", str(tmp_path / "x")])
     assert paths["model"] == tmp_path / "03-sft" / "model" and paths["out"] == tmp_path / "x"
 
@@ -25,7 +26,7 @@ def test_stage_paths_default_to_the_run_layout(tmp_path: Path):
 def test_sweep_runs_get_their_own_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("WANDB_SWEEP_ID", "sw1")
     monkeypatch.setenv("WANDB_RUN_ID", "abc")
-    assert _paths(["train", "sft", "--run-dir", str(tmp_path)])["out"] == tmp_path / "03-sft" / "sweeps" / "abc"
+    assert _paths(["train", "sft", "--run-dir", str(tmp_path)])["out"] == tmp_path / "03-sft-sweeps" / "abc"
 
 
 def test_user_error_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path):
