@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ from rich.console import Console
 
 from cme_vlm.config import load_config
 from cme_vlm.config_files import USER_CONFIGS_ENV
-from cme_vlm.errors import CmeVlmError
+from cme_vlm.console import quiet_third_party
+from cme_vlm.errors import CmeVlmError, Interrupted
 from cme_vlm.layout import beside_stage, run_folder
 from cme_vlm.stages import STAGES, Input, Stage
+from cme_vlm.threads import choose_cpu_threads
 
 console = Console(stderr=True)
 
@@ -58,6 +61,7 @@ class Command:
     positional: str = ""
     is_stage: bool = False  # a pipeline stage's own command: without --out it writes beside the stage's folder
     chooses_run: bool = False  # the function picks the run itself when --run-dir is not given
+    computes: bool = False  # runs models or builds data: the CPU thread count matters and is said
 
 
 def stage_command(stage: Stage) -> Command:
@@ -65,7 +69,7 @@ def stage_command(stage: Stage) -> Command:
     out = Input("out", "output folder", stage.name)
     synth = (Flag("n", "number of frames (data.synthetic.n_frames)", int, override="data.synthetic.n_frames"),)
     return Command(stage.command, stage.summary, stage.load, (*stage.inputs, out),
-                   synth if stage.name == "frames" else (), is_stage=True)
+                   synth if stage.name == "frames" else (), is_stage=True, computes=True)
 
 
 def _teacher_review() -> Any:
@@ -145,7 +149,7 @@ TOOLS: tuple[Command, ...] = (
     Command(("explain",), "ask a local model about one frame: overlay the mask, print the explanation", _explain,
             (Input("model", "model folder (an exported SFT or DPO model)", ""), Input("frame", "frame image", ""),
              Input("mask", "binary mask image", "")),
-            (Flag("structure", "optional structure name, for the overlay colour"),)),
+            (Flag("structure", "optional structure name, for the overlay colour"),), computes=True),
     Command(("audit",), "check a run's audit logs of outgoing requests against its dataset", _audit,
             (Input("dataset", "the run's instruction dataset", "data", "dataset"),), takes_run_dir=True,
             positional=RUN_DIR),
@@ -153,11 +157,11 @@ TOOLS: tuple[Command, ...] = (
             (Flag("out", "output folder for bench.json", Path), Flag("steps", "timed steps (medians)", int, 10),
              Flag("only", "comma-separated subset of sft,dpo,generate"),
              Flag("memory", "measure one SFT and one DPO step's peak memory on fake tensors for the dry-run",
-                  switch=True))),
+                  switch=True)), computes=True),
     Command(("run",), "the whole pipeline, each stage skipped when its output is up to date", _pipeline, (),
             (Flag("dry_run", "print the plan, teacher calls and memory; run nothing", switch=True),
              Flag("new", "start a new run folder instead of resuming the latest", switch=True)),
-            takes_run_dir=True, positional="experiment", chooses_run=True),
+            takes_run_dir=True, positional="experiment", chooses_run=True, computes=True),
 )
 COMMANDS: dict[tuple[str, ...], Command] = {c.words: c for c in (*map(stage_command, STAGES), *TOOLS)}
 
@@ -214,7 +218,7 @@ def _out_beside(stage_folder: Path, command: Command) -> Path:
         return stage_folder.with_name(f"{stage_folder.name}-sweeps") / os.environ.get("WANDB_RUN_ID", "run")
     out = beside_stage(stage_folder)
     console.print(f"{' '.join(command.words)}: writing to {out} ({stage_folder.name} itself is written only by "
-                  "`cme-vlm run`; --out DIR writes elsewhere)", soft_wrap=True, highlight=False)
+                  "`cme-vlm run`; --out DIR writes elsewhere)", soft_wrap=True, markup=False, highlight=False)
     return out
 
 
@@ -247,8 +251,32 @@ def parse(argv: list[str] | None) -> tuple[Command, argparse.Namespace, str | No
     return command, args, experiment, overrides
 
 
+def _has(argv: list[str], option: str) -> bool:
+    return any(a == option or a.startswith(option + "=") for a in argv)
+
+
+def interrupted_line(argv: list[str], command: Command, paths: dict[str, Path | None], where: Path | None) -> str:
+    """What Ctrl-C left behind and the command that resumes it: the same line, pointed at the same folder."""
+    where = where or paths.get("out") or paths.get(RUN_DIR)
+    if where is None:
+        return "interrupted; nothing half-written is left behind"
+    again = [a for a in argv if a != "--new"]
+    if command.chooses_run and not _has(argv, "--run-dir"):
+        again += ["--run-dir", str(where)]
+    if command.is_stage and not _has(argv, "--out"):
+        again += ["--out", str(where)]
+    kept = "the finished stages and the interrupted stage's" if command.chooses_run else "the"
+    return (f"interrupted: {kept} checkpoints, journals and outputs so far are kept in {where}. "
+            f"Resume with: cme-vlm {shlex.join(again)}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     command, args, experiment, overrides = parse(argv)
+    quiet_third_party(console.is_terminal)
+    if command.computes and not getattr(args, "dry_run", False):
+        console.print(choose_cpu_threads(), style="dim", soft_wrap=True, markup=False, highlight=False)
+    paths: dict[str, Path | None] = {}
     try:
         cfg = load_config(experiment, overrides, args.configs)
         paths = resolve_paths(command, args, cfg)
@@ -257,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     except CmeVlmError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted; finished work is kept and a re-run resumes[/]")
+    except KeyboardInterrupt as e:
+        line = interrupted_line(argv, command, paths, e.run_dir if isinstance(e, Interrupted) else None)
+        console.print(line, style="yellow", soft_wrap=True, markup=False, highlight=False)
         return 130
     return 0
 

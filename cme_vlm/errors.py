@@ -27,3 +27,11 @@ class ModelError(CmeVlmError):
 
 class TrainingError(CmeVlmError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a run was working: ``run_dir`` holds what was kept, and a re-run there resumes."""
+
+    def __init__(self, run_dir: object) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir

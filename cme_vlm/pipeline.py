@@ -29,6 +29,7 @@ from rich.table import Table
 
 from cme_vlm import atomic
 from cme_vlm.config import save_config
+from cme_vlm.errors import Interrupted
 from cme_vlm.layout import STATUS_FILE, read_status, runs_of, stage_state, stamped
 from cme_vlm.planning import print_plan
 from cme_vlm.schema import ExperimentConfig
@@ -64,12 +65,21 @@ def _run_stage(stage: Stage, cfg: ExperimentConfig, run_dir: Path, fp: str) -> N
     elif state == "interrupted":
         console.print(f"[yellow]{stage.folder}: interrupted earlier, resuming[/]")
     folder.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    atomic.write_json(folder / STATUS_FILE, {"fingerprint": fp, "status": "running", "started_at": started})
+    earlier = read_status(folder) if state == "interrupted" else {}  # the attempts before this one count too
+    started, record = time.time(), {"fingerprint": fp, "started_at": earlier.get("started_at", time.time()),
+                                    "attempts": earlier.get("attempts", 0) + 1}
+
+    def spent() -> float:
+        return round(earlier.get("seconds", 0) + time.time() - started, 1)
+
+    atomic.write_json(folder / STATUS_FILE, {**record, "status": "running", "seconds": earlier.get("seconds", 0)})
     console.rule(f"[bold]{stage.folder}[/]: {stage.summary}")
-    stage.load()(cfg, **stage_paths(stage, cfg, run_dir))
-    atomic.write_json(folder / STATUS_FILE, {"fingerprint": fp, "status": "done", "started_at": started,
-                                             "seconds": round(time.time() - started, 1)})
+    try:
+        stage.load()(cfg, **stage_paths(stage, cfg, run_dir))
+    except BaseException:
+        atomic.write_json(folder / STATUS_FILE, {**record, "status": "interrupted", "seconds": spent()})
+        raise
+    atomic.write_json(folder / STATUS_FILE, {**record, "status": "done", "seconds": spent()})
 
 
 def _stale(run_dir: Path, stages: list[Stage], fps: dict[str, str]) -> list[str]:
@@ -100,20 +110,21 @@ def choose_run(cfg: ExperimentConfig, stages: list[Stage], fps: dict[str, str], 
     runs = runs_of(cfg)
     matching = None if new else next((r for r in reversed(runs) if not _stale(r, stages, fps)), None)
     if matching:
-        console.print(f"run folder: {matching} (continuing it: its finished stages match this config)", soft_wrap=True)
+        console.print(f"run folder: {matching} (continuing it: its finished stages match this config)", soft_wrap=True,
+                      markup=False)
         return matching
     target = stamped(Path(cfg.output_dir), cfg.name)
     if new or not runs:
-        console.print(f"run folder: {target} (new)", soft_wrap=True)
+        console.print(f"run folder: {target} (new)", soft_wrap=True, markup=False)
         return target
     latest = runs[-1]
     done = [s for s in stages if stage_state(latest / s.folder, fps[s.name]) == "done"]
     if not dry_run:
         carry_over(latest, target, done)
     start = f", starting from its up-to-date {', '.join(s.folder for s in done)}" if done else ""
-    console.print(f"[yellow]{latest} holds {', '.join(_stale(latest, stages, fps))} made with a different config: "
-                  f"this run goes to a new folder, {target}{start}. To re-run them inside {latest} instead: "
-                  f"--run-dir {latest}[/]", soft_wrap=True)
+    console.print(f"{latest} holds {', '.join(_stale(latest, stages, fps))} made with a different config: this run "
+                  f"goes to a new folder, {target}{start}. To re-run them inside {latest} instead: --run-dir {latest}",
+                  style="yellow", soft_wrap=True, markup=False, highlight=False)
     return target
 
 
@@ -122,7 +133,7 @@ def run(cfg: ExperimentConfig, run_dir: Path | None = None, dry_run: bool = Fals
     stages, fps = stages_for(cfg), fingerprints(cfg)
     if run_dir:
         run_dir = Path(run_dir)
-        console.print(f"run folder: {run_dir} (as given)", soft_wrap=True)
+        console.print(f"run folder: {run_dir} (as given)", soft_wrap=True, markup=False)
     else:
         run_dir = choose_run(cfg, stages, fps, new, dry_run)
     if dry_run:
@@ -132,8 +143,11 @@ def run(cfg: ExperimentConfig, run_dir: Path | None = None, dry_run: bool = Fals
     save_config(cfg, run_dir)
     os.environ.setdefault("WANDB_DIR", str(run_dir))
     started = time.time()
-    for stage in stages:
-        _run_stage(stage, cfg, run_dir, fps[stage.name])
+    try:
+        for stage in stages:
+            _run_stage(stage, cfg, run_dir, fps[stage.name])
+    except KeyboardInterrupt:
+        raise Interrupted(run_dir) from None
     _print_summary(run_dir, stages, time.time() - started)
     return run_dir
 

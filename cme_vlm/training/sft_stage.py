@@ -51,7 +51,8 @@ def train_sft(cfg: ExperimentConfig, dataset: Path, out: Path) -> Path:
     logged = build_callbacks(cfg, LoadedModel(model, loaded.processor, loaded.adapter), records)
     trainer = build_trainer(train, cfg, out, total, "sft", logged)
     fit(trainer, module, data, resume)
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # the final state, wherever periodic saves stopped
+    # the final state, wherever periodic saves stopped (weights_only=False: optimizer state too, said explicitly)
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)
     trained = whole_model(module, lambda: apply_freezing(load_model(cfg).model, loaded.adapter, train.freezing))
     if trainer.is_global_zero:
         export_model(trained, loaded.processor, out / "model", train.freezing.merge_lora_on_export)

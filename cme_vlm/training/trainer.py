@@ -10,13 +10,14 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning import Callback
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import Strategy
 
 from cme_vlm.errors import ConfigError, TrainingError
 from cme_vlm.schema import ExperimentConfig, TrainConfig
 from cme_vlm.tracking import wandb_logger
+from cme_vlm.training.progress import progress_bar
 from cme_vlm.training.sharding import CHECKPOINT_FILES, ShardedDataParallel
 from cme_vlm.training.sharding import STRATEGY as FSDP
 
@@ -40,7 +41,7 @@ def build_trainer(
         accelerator=train.accelerator, devices=train.devices, strategy=strategy(train, job, callbacks),
         num_nodes=train.num_nodes, precision=precision(train), max_epochs=train.epochs, max_steps=total_steps,
         val_check_interval=train.val_every_n_steps or None, log_every_n_steps=train.log_every_n_steps,
-        callbacks=[checkpoints, RichProgressBar(), *callbacks], logger=wandb_logger(cfg.wandb, cfg, out, job),
+        callbacks=[checkpoints, progress_bar(job), *callbacks], logger=wandb_logger(cfg.wandb, cfg, out, job),
         default_root_dir=str(out), num_sanity_val_steps=0, enable_model_summary=False,
     )
 
@@ -107,6 +108,10 @@ def fit(trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModu
             # our data modules resume mid-epoch through their sampler (cme_vlm.data.sampling), not the DataLoader
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
             trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning ends a Ctrl-C with sys.exit(1): hand it on as the interrupt it was
+            raise KeyboardInterrupt from None
+        raise
     finally:
         if isinstance(trainer.logger, WandbLogger):
             trainer.logger.experiment.finish()
