@@ -3,7 +3,8 @@
 Each pipeline stage's command comes from the stage registry (``cme_vlm.stages``); the tools
 around it (review sheets, expert scores, explain, audit, bench, run) are declared below. Every
 command takes ``--config FILE`` and overrides (``a.b=1`` or ``--a.b=1``). Paths a command reads
-or writes default to the run layout (``runs/<name>-<time>/NN-stage``).
+default to the run layout (``runs/<name>-<time>/NN-stage``). What ``--help`` says is in
+``cme_vlm.cli_help``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import os
 import shlex
 import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
+from cme_vlm.cli_help import OVERVIEW, RUN_EXAMPLES, epilog, example_for
 from cme_vlm.config import load_config
 from cme_vlm.config_files import USER_CONFIGS_ENV
 from cme_vlm.console import quiet_third_party
@@ -59,7 +62,7 @@ class Command:
     flags: tuple[Flag, ...] = ()
     takes_run_dir: bool = False
     positional: str = ""
-    is_stage: bool = False  # a pipeline stage's own command: without --out it writes beside the stage's folder
+    stage: str = ""  # the pipeline stage it runs: without --out it writes beside that stage's folder
     chooses_run: bool = False  # the function picks the run itself when --run-dir is not given
     computes: bool = False  # runs models or builds data: the CPU thread count matters and is said
 
@@ -69,7 +72,7 @@ def stage_command(stage: Stage) -> Command:
     out = Input("out", "output folder", stage.name)
     synth = (Flag("n", "number of frames (data.synthetic.n_frames)", int, override="data.synthetic.n_frames"),)
     return Command(stage.command, stage.summary, stage.load, (*stage.inputs, out),
-                   synth if stage.name == "frames" else (), is_stage=True, computes=True)
+                   synth if stage.name == "frames" else (), stage=stage.name, computes=True)
 
 
 def _teacher_review() -> Any:
@@ -158,9 +161,12 @@ TOOLS: tuple[Command, ...] = (
              Flag("only", "comma-separated subset of sft,dpo,generate"),
              Flag("memory", "measure one SFT and one DPO step's peak memory on fake tensors for the dry-run",
                   switch=True)), computes=True),
-    Command(("run",), "the whole pipeline, each stage skipped when its output is up to date", _pipeline, (),
-            (Flag("dry_run", "print the plan, teacher calls and memory; run nothing", switch=True),
-             Flag("new", "start a new run folder instead of resuming the latest", switch=True)),
+    Command(("run",), "run every stage of the experiment in a run folder, skipping what is up to date and resuming "
+            "what was interrupted; a config that would redo finished stages of the latest run starts a new run folder "
+            "(--run-dir DIR: redo them there)", _pipeline, (),
+            (Flag("dry_run", "print the plan, missing inputs and local models, paid calls and memory; run nothing",
+                  switch=True),
+             Flag("new", "start a new, empty run folder", switch=True)),
             takes_run_dir=True, positional="experiment", chooses_run=True, computes=True),
 )
 COMMANDS: dict[tuple[str, ...], Command] = {c.words: c for c in (*map(stage_command, STAGES), *TOOLS)}
@@ -174,28 +180,43 @@ def _add_command(sub: argparse.ArgumentParser, command: Command) -> None:
     sub.add_argument("--config", help="experiment YAML (default: experiments/demo.yaml)")
     sub.add_argument("--configs", help=f"your own configs folder, searched before the shipped ones (or ${USER_CONFIGS_ENV})")
     sub.add_argument("--run-dir", dest=RUN_DIR, type=Path,
-                     help="run folder whose stage folders are the default paths (default: the latest run)")
+                     help="the run folder to continue, its changed stages redone in place (default: the latest run "
+                          "whose finished stages match the config, else a new one)" if command.chooses_run else
+                     "run folder whose stage folders are the default paths (default: the latest run)")
     for p in command.paths:
+        default = f" (default: the run's {p.stage} folder)" if p.stage else ""
+        if command.stage and p.name == "out":
+            default = f" (default: a new folder beside the run's {p.stage} folder, named after it and the time)"
         sub.add_argument(f"--{p.name.replace('_', '-')}", dest=p.name, type=Path, required=not p.stage,
-                         help=p.help + (f" (default: the run's {p.stage} folder)" if p.stage else ""))
+                         help=p.help + default)
     for f in command.flags:
         options = {"action": "store_true"} if f.switch else {"type": f.type, "default": f.default}
         sub.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, help=f.help, **options)
 
 
+def _description(command: Command) -> str:
+    text = command.help if not command.stage else (
+        f"{command.help}. Reads its inputs from the latest run (or --run-dir, or the paths given) and writes to "
+        "--out, by default beside the run's own stage folder, which only `cme-vlm run` writes.")
+    return textwrap.fill(text, 100)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cme-vlm", description=__doc__.splitlines()[0])
+    formatted = {"formatter_class": argparse.RawDescriptionHelpFormatter}
+    parser = argparse.ArgumentParser(prog="cme-vlm", description=OVERVIEW, epilog=epilog(RUN_EXAMPLES), **formatted)
     groups = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
     nested: dict[str, argparse._SubParsersAction] = {}
     for words, command in COMMANDS.items():
+        about = {"help": command.help, "description": _description(command),
+                 "epilog": epilog(example_for(words, command.stage)), **formatted}
         if len(words) == 1:
-            sub = groups.add_parser(words[0], help=command.help, description=command.help)
+            sub = groups.add_parser(words[0], **about)
         else:
             if words[0] not in nested:
                 nested[words[0]] = groups.add_parser(words[0], help=f"{words[0]} commands").add_subparsers(
                     dest="subcmd", metavar="SUBCOMMAND", required=True
                 )
-            sub = nested[words[0]].add_parser(words[1], help=command.help, description=command.help)
+            sub = nested[words[0]].add_parser(words[1], **about)
         _add_command(sub, command)
     return parser
 
@@ -235,7 +256,7 @@ def resolve_paths(command: Command, args: argparse.Namespace, cfg: Any) -> dict[
         value = getattr(args, p.name)
         if value is None:
             value = p.path(run_dir, cfg)
-            if p.name == "out" and command.is_stage:
+            if p.name == "out" and bool(command.stage):
                 value = _out_beside(value, command)
         paths[p.name] = value
     return paths
@@ -263,7 +284,7 @@ def interrupted_line(argv: list[str], command: Command, paths: dict[str, Path | 
     again = [a for a in argv if a != "--new"]
     if command.chooses_run and not _has(argv, "--run-dir"):
         again += ["--run-dir", str(where)]
-    if command.is_stage and not _has(argv, "--out"):
+    if bool(command.stage) and not _has(argv, "--out"):
         again += ["--out", str(where)]
     kept = "the finished stages and the interrupted stage's" if command.chooses_run else "the"
     return (f"interrupted: {kept} checkpoints, journals and outputs so far are kept in {where}. "

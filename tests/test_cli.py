@@ -8,6 +8,7 @@ import pytest
 
 from cme_vlm.cli import _parser, main, parse, resolve_paths
 from cme_vlm.config import load_config
+from cme_vlm.config_files import GROUP_FOLDERS
 
 
 def _paths(argv: list[str]) -> dict[str, Path | None]:
@@ -51,3 +52,16 @@ def test_required_paths_and_flags_reach_the_function(tmp_path: Path):
     assert paths == {"sheet": tmp_path / "s.csv", "dataset": tmp_path / "02-teacher" / "dataset"}
     with pytest.raises(SystemExit):
         _parser().parse_known_args(["review", "import"])
+
+
+def test_help_is_written_for_users(capsys: pytest.CaptureFixture[str]):
+    for argv in (["--help"], ["run", "--help"], ["train", "sft", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        assert "``" not in text and "call one function" not in text, argv
+        assert "a.b=1" in text and "model=tiny_qwen3_vl" in text and "Example" in text, argv
+        assert ", ".join(GROUP_FOLDERS) in text, argv
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "cme-vlm run experiments/paper.yaml --dry-run" in " ".join(capsys.readouterr().out.split())

@@ -150,6 +150,22 @@ def _read_key(eval_dir: Path, sheet: Path) -> dict[str, Any]:
 
 def read_sheet(sheet: Path, key: dict[str, Any]) -> dict[str, Rating]:
     """{case: Rating} of a filled sheet; any bad row is one ``DataError`` listing every problem."""
+    ratings, problems = _rate(sheet, key)
+    if problems:
+        raise DataError(f"expert sheet '{sheet}' has {len(problems)} problem(s); nothing was applied. Fix them and "
+                        "import again:\n  - " + "\n  - ".join(problems[:30]))
+    return ratings
+
+
+def _check_form(sheet: Path, key: dict[str, Any]) -> None:
+    """The web form's final check: what the import would refuse, worded for a sheet not yet imported."""
+    _, problems = _rate(sheet, key)
+    if problems:
+        raise DataError(f"Before it can be imported: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems[:30]))
+
+
+def _rate(sheet: Path, key: dict[str, Any]) -> tuple[dict[str, Rating], list[str]]:
+    """The sheet's ratings by case, and every problem found in it."""
     problems: list[str] = []
     ratings: dict[str, Rating] = {}
     rows = list(csv.DictReader(io.StringIO(Path(sheet).read_text(encoding="utf-8-sig"))))
@@ -164,10 +180,7 @@ def read_sheet(sheet: Path, key: dict[str, Any]) -> dict[str, Rating]:
             ratings[case] = rating
     if not rows:
         problems.append("the sheet has no rows")
-    if problems:
-        raise DataError(f"expert sheet '{sheet}' has {len(problems)} problem(s); nothing was applied. Fix them and "
-                        "import again:\n  - " + "\n  - ".join(problems[:30]))
-    return ratings
+    return ratings, problems
 
 
 def _rated_cases(metrics: dict[str, Any], key: dict[str, Any], ratings: dict[str, Rating]) -> list[RatedCase]:
@@ -234,7 +247,7 @@ def sheet_form(eval_dir: Path) -> SheetForm:
         items=(Shown("Prompt", "prompt"), *answers, Field("preferred", "Preferred answer(s)", options=tuple(labels),
                                                           multiple=True), Field("comment", "Comment")),
         image=lambda row: _image(folder, row["image"]),
-        check=lambda: read_sheet(sheet, key),
+        check=lambda: _check_form(sheet, key),
         done=f"Import it with: cme-vlm expert import --sheet {sheet} --eval-dir {eval_dir}",
     )
 

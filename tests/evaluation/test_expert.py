@@ -167,7 +167,9 @@ def test_web_form_in_a_browser_fill_reload_resume_finish_then_import(eval_copy):
         assert page.input_value(comment) == "A names the vein"
         assert page.inner_text("#complete") == "1" and page.get_attribute("#resume", "href") == f"#row-{rest[0]}"
         page.click("#finish")
-        assert f"({rest[0]}): score_A='' must be a whole number" in page.inner_text("#finish-message.problems")
+        told = page.inner_text("#finish-message.problems")
+        assert f"({rest[0]}): score_A='' must be a whole number" in told
+        assert f"{len(rest)} of {len(key)} entries are still unreviewed" in told and "import again" not in told
 
         page.click("#resume")
         for case in rest:
