@@ -43,6 +43,7 @@ class Flag:
     default: Any = None
     override: str = ""  # the config key this flag sets, e.g. data.synthetic.n_frames
     switch: bool = False  # a store_true option
+    choices: tuple[str, ...] | None = None  # the values it accepts
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,9 @@ TOOLS: tuple[Command, ...] = (
     Command(("explain",), "ask a local model about one frame: overlay the mask, print the explanation", _explain,
             (Input("model", "model folder (an exported SFT or DPO model)", ""), Input("frame", "frame image", ""),
              Input("mask", "binary mask image", "")),
-            (Flag("structure", "optional structure name, for the overlay colour"),), computes=True),
+            (Flag("structure", "optional structure name, for the overlay colour"),
+             Flag("side", "the CME's side: left or right (default: the config's data.dsad_side)",
+                  choices=("left", "right"))), computes=True),
     Command(("audit",), "check a run's audit logs of outgoing requests against its dataset", _audit,
             (Input("dataset", "the run's instruction dataset", "data", "dataset"),), takes_run_dir=True,
             positional=RUN_DIR),
@@ -190,7 +193,7 @@ def _add_command(sub: argparse.ArgumentParser, command: Command) -> None:
         sub.add_argument(f"--{p.name.replace('_', '-')}", dest=p.name, type=Path, required=not p.stage,
                          help=p.help + default)
     for f in command.flags:
-        options = {"action": "store_true"} if f.switch else {"type": f.type, "default": f.default}
+        options = {"action": "store_true"} if f.switch else {"type": f.type, "default": f.default, "choices": f.choices}
         sub.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, help=f.help, **options)
 
 
