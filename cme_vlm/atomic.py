@@ -2,7 +2,8 @@
 
 A temporary file or folder (``mkstemp``: 0600, ``mkdtemp``: 0700) is given the mode a plain
 ``open`` or ``mkdir`` would have had under the process's umask before it is renamed into place,
-so colleagues read a report or an exported model as they read any other file of the user's.
+and so is everything written into an ``atomic_dir``, so colleagues read a report or an exported
+model as they read any other file of the user's.
 """
 
 from __future__ import annotations
@@ -31,6 +32,21 @@ def current_umask() -> int:
         mask = os.umask(0o022)
         os.umask(mask)
     return mask
+
+
+def _plain_modes(folder: Path) -> None:
+    """Give ``folder`` and everything in it the mode a plain ``mkdir`` or ``open`` would have.
+
+    Libraries write through temporary files of their own too: safetensors ≥ 0.8 leaves every
+    ``*.safetensors`` at 0600 (safetensors issue #782).
+    """
+    umask = current_umask()
+    folder.chmod(0o777 & ~umask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -78,8 +94,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        tmp.chmod(0o777 & ~current_umask())
         yield tmp
+        _plain_modes(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -54,9 +55,12 @@ def test_atomic_outputs_get_the_mode_a_plain_open_or_mkdir_would_give(tmp_path: 
         (folder / "config.json").write_text("{}")
     with atomic.atomic_dir(tmp_path / "model") as folder:  # replacing an existing folder too
         (folder / "config.json").write_text("{}")
+        fd, private = tempfile.mkstemp(dir=folder)  # how safetensors writes model.safetensors (0600)
+        os.close(fd)
+        os.replace(private, folder / "model.safetensors")
     assert _mode(tmp_path / "report.md") == _mode(plain_file) == 0o666 & ~umask
     assert _mode(tmp_path / "model") == _mode(plain_dir) == 0o777 & ~umask
-    assert _mode(tmp_path / "model" / "config.json") == 0o666 & ~umask
+    assert _mode(tmp_path / "model" / "config.json") == _mode(tmp_path / "model" / "model.safetensors") == 0o666 & ~umask
 
 
 def _mode(path: Path) -> int:
