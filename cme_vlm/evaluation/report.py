@@ -4,7 +4,8 @@ The main table follows the paper's Table 1: models as columns (Base / SFT / DPO)
 rows, mean ± std; expert rows, and the judge's agreement with the experts, appear once an
 expert sheet has been imported. Structures go by the anatomy registry's display names
 (``metrics["display_names"]``); a model's text is shown as written, with control characters
-spelled out (``\\n``) so an answer cannot break the page's layout.
+spelled out (``\\x08``) and line breaks kept inside their paragraph or list item, so an answer
+cannot break the page's layout.
 """
 
 from __future__ import annotations
@@ -46,9 +47,19 @@ def display_name(metrics: dict[str, Any], structure: str) -> str:
 
 
 def printable(text: str) -> str:
-    """``text`` with control, format and line-separator characters spelled out (``\\n``, ``\\x07``, ``\\u2028``)."""
-    return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")
-                   else ch for ch in text)
+    """``text`` with control, format and separator characters spelled out (``\\x07``, ``\\t``, ``\\u2028``);
+    line breaks stay."""
+    return "".join(ch.encode("unicode_escape").decode("ascii")
+                   if ch != "\n" and unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in text)
+
+
+def _md(text: str) -> str:
+    """A model's or a template's text inside one Markdown paragraph or list item: a line break cannot start a bullet."""
+    return printable(text).replace("\n", "<br>")
+
+
+def _html(text: str) -> str:
+    return html.escape(printable(text)).replace("\n", "<br>")
 
 
 def read_metrics(folder: str | Path) -> dict[str, Any]:
@@ -205,8 +216,8 @@ def render_markdown(metrics: dict[str, Any]) -> str:
               "## Provenance", "", *(f"- {line}" for line in provenance_lines(metrics)), "", "## Gallery", ""]
     for case in (c for c in metrics["cases"] if c["gallery"]):
         parts += [f"### {case_heading(metrics, case)}", "", f"![overlay]({case['gallery']})", "",
-                  f"*Prompt:* {printable(case['prompt'])}", "", f"*Reference:* {printable(case['reference'])}", ""]
-        parts += [f"- **{model_label(m)}** (judge {a['judge']:.2f}): {printable(a['answer'])}"
+                  f"*Prompt:* {_md(case['prompt'])}", "", f"*Reference:* {_md(case['reference'])}", ""]
+        parts += [f"- **{model_label(m)}** (judge {a['judge']:.2f}): {_md(a['answer'])}"
                   for m, a in case["answers"].items()]
         parts.append("")
     return "\n".join(parts)
@@ -256,19 +267,34 @@ def render_html(metrics: dict[str, Any], folder: Path, chart: bytes) -> str:
         image = _data_uri((folder / case["gallery"]).read_bytes())
         answers = "".join(
             f"<p class='answer'><span class='score'>{e(model_label(m))} (judge {a['judge']:.2f}):</span> "
-            f"{e(printable(a['answer']))}</p>" for m, a in case["answers"].items()
+            f"{_html(a['answer'])}</p>" for m, a in case["answers"].items()
         )
         heading = e(case_heading(metrics, case))
         parts.append(f"<div class='case'><img alt='overlay: {heading}' src='{image}'><div>"
-                     f"<h3>{heading}</h3><p><i>Prompt:</i> {e(printable(case['prompt']))}</p>"
-                     f"<p><i>Reference:</i> {e(printable(case['reference']))}</p>{answers}</div></div>")
+                     f"<h3>{heading}</h3><p><i>Prompt:</i> {_html(case['prompt'])}</p>"
+                     f"<p><i>Reference:</i> {_html(case['reference'])}</p>{answers}</div></div>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
+def _model_rank(name: str) -> tuple[int, int]:
+    """Base, SFT, DPO, then the later rounds' DPO models in order (``dpo_r2`` …)."""
+    order = {"base": 0, "sft": 1, "dpo": 2}
+    return (order[name], 0) if name in order else (2, int(name.removeprefix("dpo_r") or 0))
+
+
+def in_model_order(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` with every per-model mapping in report order: ``metrics.json`` is written with sorted keys."""
+    def ordered(by_model: dict[str, Any]) -> dict[str, Any]:
+        return {m: by_model[m] for m in sorted(by_model, key=_model_rank)}
+
+    cases = [{**c, "answers": ordered(c["answers"])} for c in metrics["cases"]]
+    return {**metrics, "models": ordered(metrics["models"]), "cases": cases}
+
+
 def write_report(folder: str | Path, metrics: dict[str, Any]) -> Path:
     """Write the chart, ``report.md`` and ``report.html`` from ``metrics`` into ``folder``."""
-    folder = Path(folder)
+    folder, metrics = Path(folder), in_model_order(metrics)
     chart = bar_chart(metrics)
     atomic.write_bytes(folder / CHART_FILENAME, chart)
     atomic.write_text(folder / "report.md", render_markdown(metrics))
