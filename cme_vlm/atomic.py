@@ -1,4 +1,10 @@
-"""Atomic writes: an output appears complete under its final name, or not at all."""
+"""Atomic writes: an output appears complete under its final name, or not at all.
+
+A temporary file or folder (``mkstemp``: 0600, ``mkdtemp``: 0700) is given the mode a plain
+``open`` or ``mkdir`` would have had under the process's umask before it is renamed into place,
+and so is everything written into an ``atomic_dir``, so colleagues read a report or an exported
+model as they read any other file of the user's.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,40 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (``/proc/self/status``)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _UMASK_LOCK:  # elsewhere the only way to read it is to set it and put it back
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _plain_modes(folder: Path) -> None:
+    """Give ``folder`` and everything in it the mode a plain ``mkdir`` or ``open`` would have.
+
+    Libraries write through temporary files of their own too: safetensors ≥ 0.8 leaves every
+    ``*.safetensors`` at 0600 (safetensors issue #782).
+    """
+    umask = current_umask()
+    folder.chmod(0o777 & ~umask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -29,6 +66,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
         yield Path(tmp)
@@ -67,6 +105,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _plain_modes(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

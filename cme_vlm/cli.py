@@ -3,14 +3,17 @@
 Each pipeline stage's command comes from the stage registry (``cme_vlm.stages``); the tools
 around it (review sheets, expert scores, explain, audit, bench, run) are declared below. Every
 command takes ``--config FILE`` and overrides (``a.b=1`` or ``--a.b=1``). Paths a command reads
-or writes default to the run layout (``runs/<name>-<time>/NN-stage``).
+default to the run layout (``runs/<name>-<time>/NN-stage``). What ``--help`` says is in
+``cme_vlm.cli_help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +21,14 @@ from typing import Any
 
 from rich.console import Console
 
+from cme_vlm.cli_help import OVERVIEW, RUN_EXAMPLES, epilog, example_for
 from cme_vlm.config import load_config
 from cme_vlm.config_files import USER_CONFIGS_ENV
-from cme_vlm.errors import CmeVlmError
-from cme_vlm.layout import run_folder
+from cme_vlm.console import quiet_third_party
+from cme_vlm.errors import CmeVlmError, Interrupted
+from cme_vlm.layout import beside_stage, run_folder
 from cme_vlm.stages import STAGES, Input, Stage
+from cme_vlm.threads import choose_cpu_threads
 
 console = Console(stderr=True)
 
@@ -37,6 +43,7 @@ class Flag:
     default: Any = None
     override: str = ""  # the config key this flag sets, e.g. data.synthetic.n_frames
     switch: bool = False  # a store_true option
+    choices: tuple[str, ...] | None = None  # the values it accepts
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,9 @@ class Command:
     flags: tuple[Flag, ...] = ()
     takes_run_dir: bool = False
     positional: str = ""
+    stage: str = ""  # the pipeline stage it runs: without --out it writes beside that stage's folder
+    chooses_run: bool = False  # the function picks the run itself when --run-dir is not given
+    computes: bool = False  # runs models or builds data: the CPU thread count matters and is said
 
 
 def stage_command(stage: Stage) -> Command:
@@ -63,7 +73,7 @@ def stage_command(stage: Stage) -> Command:
     out = Input("out", "output folder", stage.name)
     synth = (Flag("n", "number of frames (data.synthetic.n_frames)", int, override="data.synthetic.n_frames"),)
     return Command(stage.command, stage.summary, stage.load, (*stage.inputs, out),
-                   synth if stage.name == "frames" else ())
+                   synth if stage.name == "frames" else (), stage=stage.name, computes=True)
 
 
 def _teacher_review() -> Any:
@@ -143,7 +153,9 @@ TOOLS: tuple[Command, ...] = (
     Command(("explain",), "ask a local model about one frame: overlay the mask, print the explanation", _explain,
             (Input("model", "model folder (an exported SFT or DPO model)", ""), Input("frame", "frame image", ""),
              Input("mask", "binary mask image", "")),
-            (Flag("structure", "optional structure name, for the overlay colour"),)),
+            (Flag("structure", "optional structure name, for the overlay colour"),
+             Flag("side", "the CME's side: left or right (default: the config's data.dsad_side)",
+                  choices=("left", "right"))), computes=True),
     Command(("audit",), "check a run's audit logs of outgoing requests against its dataset", _audit,
             (Input("dataset", "the run's instruction dataset", "data", "dataset"),), takes_run_dir=True,
             positional=RUN_DIR),
@@ -151,11 +163,14 @@ TOOLS: tuple[Command, ...] = (
             (Flag("out", "output folder for bench.json", Path), Flag("steps", "timed steps (medians)", int, 10),
              Flag("only", "comma-separated subset of sft,dpo,generate"),
              Flag("memory", "measure one SFT and one DPO step's peak memory on fake tensors for the dry-run",
-                  switch=True))),
-    Command(("run",), "the whole pipeline, each stage skipped when its output is up to date", _pipeline, (),
-            (Flag("dry_run", "print the plan, teacher calls and memory; run nothing", switch=True),
-             Flag("new", "start a new run folder instead of resuming the latest", switch=True)),
-            takes_run_dir=True, positional="experiment"),
+                  switch=True)), computes=True),
+    Command(("run",), "run every stage of the experiment in a run folder, skipping what is up to date and resuming "
+            "what was interrupted; a config that would redo finished stages of the latest run starts a new run folder "
+            "(--run-dir DIR: redo them there)", _pipeline, (),
+            (Flag("dry_run", "print the plan, missing inputs and local models, paid calls and memory; run nothing",
+                  switch=True),
+             Flag("new", "start a new, empty run folder", switch=True)),
+            takes_run_dir=True, positional="experiment", chooses_run=True, computes=True),
 )
 COMMANDS: dict[tuple[str, ...], Command] = {c.words: c for c in (*map(stage_command, STAGES), *TOOLS)}
 
@@ -168,28 +183,43 @@ def _add_command(sub: argparse.ArgumentParser, command: Command) -> None:
     sub.add_argument("--config", help="experiment YAML (default: experiments/demo.yaml)")
     sub.add_argument("--configs", help=f"your own configs folder, searched before the shipped ones (or ${USER_CONFIGS_ENV})")
     sub.add_argument("--run-dir", dest=RUN_DIR, type=Path,
-                     help="run folder whose stage folders are the default paths (default: the latest run)")
+                     help="the run folder to continue, its changed stages redone in place (default: the latest run "
+                          "whose finished stages match the config, else a new one)" if command.chooses_run else
+                     "run folder whose stage folders are the default paths (default: the latest run)")
     for p in command.paths:
+        default = f" (default: the run's {p.stage} folder)" if p.stage else ""
+        if command.stage and p.name == "out":
+            default = f" (default: a new folder beside the run's {p.stage} folder, named after it and the time)"
         sub.add_argument(f"--{p.name.replace('_', '-')}", dest=p.name, type=Path, required=not p.stage,
-                         help=p.help + (f" (default: the run's {p.stage} folder)" if p.stage else ""))
+                         help=p.help + default)
     for f in command.flags:
-        options = {"action": "store_true"} if f.switch else {"type": f.type, "default": f.default}
+        options = {"action": "store_true"} if f.switch else {"type": f.type, "default": f.default, "choices": f.choices}
         sub.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, help=f.help, **options)
 
 
+def _description(command: Command) -> str:
+    text = command.help if not command.stage else (
+        f"{command.help}. Reads its inputs from the latest run (or --run-dir, or the paths given) and writes to "
+        "--out, by default beside the run's own stage folder, which only `cme-vlm run` writes.")
+    return textwrap.fill(text, 100)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cme-vlm", description=__doc__.splitlines()[0])
+    formatted = {"formatter_class": argparse.RawDescriptionHelpFormatter}
+    parser = argparse.ArgumentParser(prog="cme-vlm", description=OVERVIEW, epilog=epilog(RUN_EXAMPLES), **formatted)
     groups = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
     nested: dict[str, argparse._SubParsersAction] = {}
     for words, command in COMMANDS.items():
+        about = {"help": command.help, "description": _description(command),
+                 "epilog": epilog(example_for(words, command.stage)), **formatted}
         if len(words) == 1:
-            sub = groups.add_parser(words[0], help=command.help, description=command.help)
+            sub = groups.add_parser(words[0], **about)
         else:
             if words[0] not in nested:
                 nested[words[0]] = groups.add_parser(words[0], help=f"{words[0]} commands").add_subparsers(
                     dest="subcmd", metavar="SUBCOMMAND", required=True
                 )
-            sub = nested[words[0]].add_parser(words[1], help=command.help, description=command.help)
+            sub = nested[words[0]].add_parser(words[1], **about)
         _add_command(sub, command)
     return parser
 
@@ -206,17 +236,31 @@ def _split_positional(command: Command, args: argparse.Namespace, rest: list[str
     return args.config or bare
 
 
+def _out_beside(stage_folder: Path, command: Command) -> Path:
+    """A stage command's own output folder beside the run's stage folder, which only ``cme-vlm run`` writes."""
+    if os.environ.get("WANDB_SWEEP_ID"):  # each run of a W&B sweep agent gets its own folder
+        return stage_folder.with_name(f"{stage_folder.name}-sweeps") / os.environ.get("WANDB_RUN_ID", "run")
+    out = beside_stage(stage_folder)
+    console.print(f"{' '.join(command.words)}: writing to {out} ({stage_folder.name} itself is written only by "
+                  "`cme-vlm run`; --out DIR writes elsewhere)", soft_wrap=True, markup=False, highlight=False)
+    return out
+
+
 def resolve_paths(command: Command, args: argparse.Namespace, cfg: Any) -> dict[str, Path | None]:
-    """Each path option: given on the line, else its stage's folder in the run (a sweep run's own ``out``)."""
-    run_dir = run_folder(cfg, args.run_dir, new=getattr(args, "new", False))
-    paths: dict[str, Path | None] = {RUN_DIR: run_dir} if command.takes_run_dir else {}
+    """Each path option: given on the line, else its stage's folder in the run; a stage command's ``out`` beside it.
+
+    ``run`` chooses its run itself (``cme_vlm.pipeline.choose_run``): it gets ``--run-dir`` as given.
+    """
+    run_dir = run_folder(cfg, args.run_dir)
+    paths: dict[str, Path | None] = {}
+    if command.takes_run_dir:
+        paths[RUN_DIR] = args.run_dir if command.chooses_run else run_dir
     for p in command.paths:
         value = getattr(args, p.name)
         if value is None:
             value = p.path(run_dir, cfg)
-            if p.name == "out" and os.environ.get("WANDB_SWEEP_ID"):
-                # each run of a W&B sweep agent gets its own output folder beside the stage's
-                value = value / "sweeps" / os.environ.get("WANDB_RUN_ID", "run")
+            if p.name == "out" and bool(command.stage):
+                value = _out_beside(value, command)
         paths[p.name] = value
     return paths
 
@@ -231,18 +275,43 @@ def parse(argv: list[str] | None) -> tuple[Command, argparse.Namespace, str | No
     return command, args, experiment, overrides
 
 
+def _has(argv: list[str], option: str) -> bool:
+    return any(a == option or a.startswith(option + "=") for a in argv)
+
+
+def interrupted_line(argv: list[str], command: Command, paths: dict[str, Path | None], where: Path | None) -> str:
+    """What Ctrl-C left behind and the command that resumes it: the same line, pointed at the same folder."""
+    where = where or paths.get("out") or paths.get(RUN_DIR)
+    if where is None:
+        return "interrupted; nothing half-written is left behind"
+    again = [a for a in argv if a != "--new"]
+    if command.chooses_run and not _has(argv, "--run-dir"):
+        again += ["--run-dir", str(where)]
+    if bool(command.stage) and not _has(argv, "--out"):
+        again += ["--out", str(where)]
+    kept = "the finished stages and the interrupted stage's" if command.chooses_run else "the"
+    return (f"interrupted: {kept} checkpoints, journals and outputs so far are kept in {where}. "
+            f"Resume with: cme-vlm {shlex.join(again)}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     command, args, experiment, overrides = parse(argv)
+    quiet_third_party(console.is_terminal)
+    if command.computes and not getattr(args, "dry_run", False):
+        console.print(choose_cpu_threads(), style="dim", soft_wrap=True, markup=False, highlight=False)
+    paths: dict[str, Path | None] = {}
     try:
         cfg = load_config(experiment, overrides, args.configs)
         paths = resolve_paths(command, args, cfg)
-        flags = {f.name: getattr(args, f.name) for f in command.flags if not f.override and f.name != "new"}
+        flags = {f.name: getattr(args, f.name) for f in command.flags if not f.override}
         command.load()(cfg, **paths, **flags)
     except CmeVlmError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted; finished work is kept and a re-run resumes[/]")
+    except KeyboardInterrupt as e:
+        line = interrupted_line(argv, command, paths, e.run_dir if isinstance(e, Interrupted) else None)
+        console.print(line, style="yellow", soft_wrap=True, markup=False, highlight=False)
         return 130
     return 0
 

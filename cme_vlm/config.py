@@ -41,7 +41,8 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _group_node(search: ConfigSearch, group: str, choice: str, source: str) -> dict[str, Any]:
+def _group_file(search: ConfigSearch, group: str, choice: str, source: str) -> Path:
+    """The file of ``group=choice``; an unknown one names the config group folders and their choices, each once."""
     if group not in GROUP_FOLDERS:
         raise ConfigError(
             f"{source}: unknown config group '{group}'. Valid groups: {', '.join(GROUP_FOLDERS)}."
@@ -49,16 +50,20 @@ def _group_node(search: ConfigSearch, group: str, choice: str, source: str) -> d
     path = search.group_file(group, choice)
     if path is None:
         choices = search.choices(group)
-        hint = _did_you_mean(choice, choices)
         where = ", ".join(str(f / GROUP_FOLDERS[group]) for f in search.folders)
-        raise ConfigError(f"{source}: unknown {group} config '{choice}'{hint}. Choices: {', '.join(choices)} "
-                          f"(files in {where}).")
-    return {group: _read_yaml(path, f"{group} config")}
+        raise ConfigError(f"{source}: no {group} config '{choice}'{_did_you_mean(choice, choices)} in the config group "
+                          f"folder {where}. Choices: {', '.join(choices)}; or add {choice}.yaml to your own configs "
+                          f"folder's {GROUP_FOLDERS[group]}/ (--configs DIR).")
+    return path
 
 
-def _did_you_mean(word: str, options: list[str]) -> str:
+def _group_node(search: ConfigSearch, group: str, choice: str, source: str) -> dict[str, Any]:
+    return {group: _read_yaml(_group_file(search, group, choice, source), f"{group} config")}
+
+
+def _did_you_mean(word: str, options: list[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(word, options, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
 def _schema_keys(full_key: str) -> list[str]:
@@ -79,24 +84,45 @@ def _schema_keys(full_key: str) -> list[str]:
     return []
 
 
-def _explain(e: OmegaConfBaseException, source: str) -> ConfigError:
+def _schema_paths(cls: Any = ExperimentConfig, prefix: str = "") -> list[str]:
+    """Every key path of the schema, sections and leaves (``data``, ``data.synthetic``, ``data.synthetic.n_frames``)."""
+    paths = []
+    for name, hint in get_type_hints(cls).items():
+        paths.append(prefix + name)
+        if isinstance(hint, type) and is_dataclass(hint):
+            paths += _schema_paths(hint, f"{prefix}{name}.")
+    return paths
+
+
+def _full_path_hint(key: str) -> str:
+    """`` (did you mean 'data.synthetic.n_frames'?)`` for ``data.n_frames``: the schema paths ending as the key does."""
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        tail = ".".join(parts[-n:])
+        found = [p for p in _schema_paths() if p.endswith("." + tail) and p != key]
+        if found:
+            return f" (did you mean {' or '.join(repr(p) for p in found[:3])}?)"
+    return ""
+
+
+def _explain(e: OmegaConfBaseException, source: str, override: str = "") -> ConfigError:
     key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
     first = str(e).splitlines()[0]
     valid = _schema_keys(str(key))
     leaf = str(key).split(".")[-1]
     if valid and leaf not in valid:
-        return ConfigError(
-            f"{source}: unknown key '{key}'{_did_you_mean(leaf, valid)}. "
-            f"Valid keys here: {', '.join(valid)}."
-        )
+        full = override or str(key)
+        parent = full.rpartition(".")[0]
+        hint = _full_path_hint(full) or _did_you_mean(leaf, valid, prefix=f"{parent}." if parent else "")
+        return ConfigError(f"{source}: unknown key '{full}'{hint}. Valid keys here: {', '.join(valid)}.")
     return ConfigError(f"{source}: bad value for '{key}': {first}. Fix the value in the file or override.")
 
 
-def _merge(base: DictConfig, node: dict[str, Any], source: str) -> DictConfig:
+def _merge(base: DictConfig, node: dict[str, Any], source: str, override: str = "") -> DictConfig:
     try:
         return OmegaConf.merge(base, node)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
-        raise _explain(e, source) from None
+        raise _explain(e, source, override) from None
 
 
 def _select_group(cfg: DictConfig, search: ConfigSearch, group: str, choice: str, source: str) -> DictConfig:
@@ -174,6 +200,8 @@ def load_config(
     search = ConfigSearch.for_experiment(path, configs)
     pairs = parse_overrides(overrides or [])
     choices = {k: v for k, v in pairs if k in GROUP_FOLDERS and isinstance(v, str)}
+    for group, choice in choices.items():  # an unknown choice is the override's, not the experiment file's
+        _group_file(search, group, choice, f"override '{group}={choice}'")
     cfg = _compose_file(path, search, choices)
     for group, choice in choices.items():
         if cfg.defaults.get(group) != choice:  # a group the experiment never selected
@@ -187,7 +215,7 @@ def load_config(
         for part in parents:
             cursor = cursor.setdefault(part, {})
         cursor[leaf] = value
-        cfg = _merge(cfg, node, f"override '{key}={value}'")
+        cfg = _merge(cfg, node, f"override '{key}={value}'", key)
     try:
         typed: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as e:

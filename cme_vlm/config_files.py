@@ -57,8 +57,8 @@ class ConfigSearch:
                                   "Give a folder holding group folders such as anatomy/ and model/.")
             folders.append(Path(user).resolve())
         tree = next((p / "configs" for p in experiment.resolve().parents if (p / "configs").is_dir()), None)
-        folders += [f for f in (tree, SHIPPED / "configs") if f is not None and f.resolve() not in folders]
-        return cls(tuple(f.resolve() for f in folders))
+        folders += [f.resolve() for f in (tree, SHIPPED / "configs") if f is not None]
+        return cls(tuple(dict.fromkeys(folders)))  # a checkout's experiments/ and the shipped configs are one folder
 
     def choices(self, group: str) -> list[str]:
         """Every option of ``group`` on the search path."""

@@ -31,3 +31,11 @@ class TrainingError(CmeVlmError):
 
 class BenchError(CmeVlmError):
     """A benchmark row could not be measured."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a run was working: ``run_dir`` holds what was kept, and a re-run there resumes."""
+
+    def __init__(self, run_dir: object) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir

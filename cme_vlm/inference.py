@@ -50,25 +50,29 @@ def overlay_for(cfg: ExperimentConfig, frame: Path, mask: Path, structure: str |
     return Image.fromarray(build_overlay(small, small_mask, colour, alpha))
 
 
-def _prompt_for(cfg: ExperimentConfig, frame: Path) -> str:
-    """The student prompt for a lone frame; side and phase are the config's data defaults."""
-    return student_prompt(cfg.data.prompts, Path(frame).stem, cfg.data.dsad_side.value, cfg.data.dsad_phase)
+def _prompt_for(cfg: ExperimentConfig, frame: Path, side: str) -> str:
+    """The student prompt for a lone frame of a ``side``-sided CME; the phase is the config's data default."""
+    return student_prompt(cfg.data.prompts, Path(frame).stem, side, cfg.data.dsad_phase)
 
 
 def explain(
-    cfg: ExperimentConfig, model: Path, frame: Path, mask: Path, structure: str | None = None
+    cfg: ExperimentConfig, model: Path, frame: Path, mask: Path, structure: str | None = None, side: str | None = None
 ) -> str:
     """Overlay ``mask`` on ``frame``, ask the model at ``model`` about it, print and return the answer.
 
-    The overlay image is written as ``<frame stem>_overlay.png`` in the current folder.
+    ``side``: the CME's side (``left`` or ``right``), else the config's ``data.dsad_side``; the answer's
+    header says which. The overlay image is written as ``<frame name>_overlay.png`` in the current folder.
     """
     if structure:
         Anatomy(cfg.anatomy).resolve(structure, "--structure")
+    side_from = "--side" if side else "data.dsad_side, the config's default; --side left|right to change"
+    side = side or cfg.data.dsad_side.value
     image = overlay_for(cfg, Path(frame), Path(mask), structure)
     loaded = load_for_inference(cfg, model)
-    prompt = _prompt_for(cfg, Path(frame))
+    prompt = _prompt_for(cfg, Path(frame), side)
     answer = generate(loaded, [image], [prompt], cfg.eval.max_new_tokens, 1, cfg.generation)[0]
     out = Path.cwd() / f"{Path(frame).stem}_overlay.png"
     atomic.write_bytes(out, png_bytes(image))
-    console.print(Panel(answer, title=prompt, subtitle=f"overlay: {out}"))
+    console.print(Panel(answer, title=f"{side}-sided CME ({side_from})", subtitle=f"overlay: {out}"))
+    console.print(f"[dim]asked:[/] {prompt}", highlight=False)
     return answer

@@ -17,6 +17,7 @@ from cme_vlm.console import folding_table
 from cme_vlm.data.records import load_dataset
 from cme_vlm.layout import stage_state
 from cme_vlm.models.adapters import COMPONENTS
+from cme_vlm.models.local_weights import local_models_table
 from cme_vlm.schema import ComponentMode, DataSource, ExperimentConfig, JudgeBackend, SelectionMode, TeacherBackend
 from cme_vlm.stages import STAGE_BY_NAME, Stage
 from cme_vlm.training.preflight import preflight
@@ -35,7 +36,7 @@ def _records_estimate(cfg: ExperimentConfig, run_dir: Path) -> tuple[int, str]:
 
 
 def _inputs(cfg: ExperimentConfig) -> list[tuple[str, str, str]]:
-    """(setting, value, verdict) for every path or secret the run needs."""
+    """(setting, value, verdict) for every data path or secret the run needs (the models: ``local_models_table``)."""
     rows = []
     if cfg.data.source is not DataSource.synthetic:
         for key in ("root",) + (("manifest",) if cfg.data.source is DataSource.manifest else ()):
@@ -43,13 +44,6 @@ def _inputs(cfg: ExperimentConfig) -> list[tuple[str, str, str]]:
             ok = bool(value) and Path(value).exists()
             rows.append((f"data.{key}", value or "(not set)",
                          "found" if ok else f"set data.{key}=/path/to/your/{'frames' if key == 'root' else 'manifest.csv'}"))
-    if cfg.model.path:
-        local = Path(cfg.model.path).exists()
-        rows.append(("model.path", cfg.model.path, "local folder found" if local else
-                     "not a local folder: download the weights elsewhere and set model.path=/path/to/weights "
-                     "(this machine has no hub access; HF_HUB_OFFLINE=1 works)"))
-    else:
-        rows.append(("model.path", "(empty)", "built from model.architecture with random weights"))
     uses_gemini = (cfg.teacher.backend is TeacherBackend.gemini or cfg.preference.judge is JudgeBackend.gemini
                    or cfg.eval.judge is JudgeBackend.gemini)
     if uses_gemini:
@@ -70,6 +64,7 @@ def print_plan(cfg: ExperimentConfig, run_dir: Path, stages: list[Stage], fps: d
     for row in _inputs(cfg):
         inputs.add_row(*row)
     console.print(inputs)
+    console.print(local_models_table(cfg))
 
     n, basis = _records_estimate(cfg, run_dir)
     console.print(_calls_table(cfg, n, basis))

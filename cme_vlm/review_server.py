@@ -164,14 +164,19 @@ def create_app(form: SheetForm) -> Flask:
         png = form.image(row) if row is not None else None
         return Response(status=404) if png is None else Response(png, mimetype="image/png")
 
+    def left(rows: list[dict[str, str]]) -> str:
+        n = len(rows) - sum(form.complete(r) for r in rows)
+        return f"{n} of {len(rows)} entries are still unreviewed." if n else f"All {len(rows)}: every entry is reviewed."
+
     @app.post("/finish")
     def finish() -> Response:
         try:
             with lock:
+                _, rows = read_rows(form)
                 form.check()
         except DataError as e:
-            return jsonify(ready=False, message=str(e))
-        return jsonify(ready=True, message=f"Every entry is saved in {form.sheet}. {form.done}")
+            return jsonify(ready=False, message=f"{left(rows)} {e}")
+        return jsonify(ready=True, message=f"{left(rows)} Every entry made is saved in {form.sheet}. {form.done}")
 
     @app.errorhandler(DataError)
     def unreadable(e: DataError) -> tuple[str, int]:

@@ -181,7 +181,7 @@ STAGES: tuple[Stage, ...] = (
                "preference.rounds"),  # the rounds decide which DPO models it evaluates
         writes=("generations/", "report.md", "report.html", "metrics.json", "judge_journal.jsonl",
                 "judge_audit.jsonl"),
-        keeps=("judge_journal.jsonl", "judge_audit.jsonl", "expert"),
+        keeps=("judge_journal.jsonl", "judge_audit.jsonl", "expert", "expert-key.json"),
     ),
 )
 STAGE_BY_NAME = {s.name: s for s in STAGES}

@@ -8,6 +8,7 @@ import pytest
 
 from cme_vlm.cli import _parser, main, parse, resolve_paths
 from cme_vlm.config import load_config
+from cme_vlm.config_files import GROUP_FOLDERS
 
 
 def _paths(argv: list[str]) -> dict[str, Path | None]:
@@ -17,7 +18,8 @@ def _paths(argv: list[str]) -> dict[str, Path | None]:
 
 def test_stage_paths_default_to_the_run_layout(tmp_path: Path):
     paths = _paths(["train", "sft", "--run-dir", str(tmp_path)])
-    assert paths == {"dataset": tmp_path / "02-teacher" / "dataset", "out": tmp_path / "03-sft"}
+    assert paths["dataset"] == tmp_path / "02-teacher" / "dataset"
+    assert paths["out"].parent == tmp_path and paths["out"].name.startswith("03-sft-")  # beside, never 03-sft itself
     paths = _paths(["preference", "build", "--run-dir", str(tmp_path), "--out", str(tmp_path / "x")])
     assert paths["model"] == tmp_path / "03-sft" / "model" and paths["out"] == tmp_path / "x"
 
@@ -25,7 +27,7 @@ def test_stage_paths_default_to_the_run_layout(tmp_path: Path):
 def test_sweep_runs_get_their_own_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("WANDB_SWEEP_ID", "sw1")
     monkeypatch.setenv("WANDB_RUN_ID", "abc")
-    assert _paths(["train", "sft", "--run-dir", str(tmp_path)])["out"] == tmp_path / "03-sft" / "sweeps" / "abc"
+    assert _paths(["train", "sft", "--run-dir", str(tmp_path)])["out"] == tmp_path / "03-sft-sweeps" / "abc"
 
 
 def test_user_error_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path):
@@ -50,3 +52,16 @@ def test_required_paths_and_flags_reach_the_function(tmp_path: Path):
     assert paths == {"sheet": tmp_path / "s.csv", "dataset": tmp_path / "02-teacher" / "dataset"}
     with pytest.raises(SystemExit):
         _parser().parse_known_args(["review", "import"])
+
+
+def test_help_is_written_for_users(capsys: pytest.CaptureFixture[str]):
+    for argv in (["--help"], ["run", "--help"], ["train", "sft", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        assert "``" not in text and "call one function" not in text, argv
+        assert "a.b=1" in text and "model=tiny_qwen3_vl" in text and "Example" in text, argv
+        assert ", ".join(GROUP_FOLDERS) in text, argv
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "cme-vlm run experiments/paper.yaml --dry-run" in " ".join(capsys.readouterr().out.split())

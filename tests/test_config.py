@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from cme_vlm.config_files import REPO_ROOT
 from cme_vlm.config import load_config, load_saved_config, parse_overrides, save_config
 from cme_vlm.errors import ConfigError
 from cme_vlm.schema import ComponentMode, DataSource
@@ -29,7 +30,7 @@ def test_typo_is_refused_with_valid_keys():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["sft.lrr=1e-4"])
     msg = str(e.value)
-    assert "sft.lrr" in msg and "did you mean 'lr'" in msg and "Valid keys here" in msg
+    assert "sft.lrr" in msg and "did you mean 'sft.lr'" in msg and "Valid keys here" in msg
 
 
 def test_wrong_type_is_refused():
@@ -105,3 +106,24 @@ def test_paper_experiment_validates():
     assert cfg.teacher.gemini.model == "gemini-2.5-flash"
     assert cfg.sft.freezing.vision_encoder is ComponentMode.freeze and cfg.dpo.freezing.vision_encoder is ComponentMode.train
     assert cfg.eval.bertscore.model == "roberta-large" and cfg.eval.bertscore.num_layers == 17
+
+
+def test_a_near_miss_key_suggests_its_full_path():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.n_frames=60"])
+    assert "did you mean 'data.synthetic.n_frames'" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["synthetic.n_frames=60"])
+    assert "did you mean 'data.synthetic.n_frames'" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.overlay.alpah=0.2"])
+    assert "did you mean 'data.overlay.alpha'" in str(e.value)  # a typo among its siblings
+
+
+def test_an_unknown_group_choice_is_reported_against_the_override_and_its_folder_once():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model=nope"])
+    message = str(e.value)
+    assert message.startswith("override 'model=nope'") and "demo.yaml" not in message
+    folder = str(REPO_ROOT / "configs" / "model")
+    assert message.count(folder) == 1 and message.count("tiny_qwen3_vl") == 1

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cme_vlm.cli import main
 from cme_vlm.errors import DataError
 from cme_vlm.inference import explain, overlay_for
 from cme_vlm.models.export import export_model
@@ -35,8 +36,29 @@ def test_explain_prints_the_local_answer_and_writes_the_overlay(tiny_cfg, tiny_l
     from cme_vlm.inference import _prompt_for
 
     image = overlay_for(tiny_cfg, frame, mask)
-    expected = generate(load_model(tiny_cfg, model_dir), [image], [_prompt_for(tiny_cfg, frame)], max_new_tokens=tiny_cfg.eval.max_new_tokens)
+    expected = generate(load_model(tiny_cfg, model_dir), [image], [_prompt_for(tiny_cfg, frame, "left")],
+                        max_new_tokens=tiny_cfg.eval.max_new_tokens)
     assert answer == expected[0]
+
+
+def test_explain_asks_about_the_side_given_and_says_which(tiny_cfg, tiny_loaded, frame_and_mask, tmp_path, monkeypatch,
+                                                          capsys):
+    from cme_vlm import inference
+
+    model_dir = export_model(tiny_loaded.model, tiny_loaded.processor, tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    asked: list[str] = []
+    monkeypatch.setattr(inference, "generate", lambda loaded, images, prompts, *a: asked.extend(prompts) or ["ok"])
+    frame, mask = frame_and_mask
+    inference.explain(tiny_cfg, model_dir, frame, mask, side="right")
+    inference.explain(tiny_cfg, model_dir, frame, mask)
+    assert "right-sided CME" in asked[0] and "left-sided CME" in asked[1]
+    said = " ".join(capsys.readouterr().out.split())
+    assert "right-sided CME (--side)" in said and "left-sided CME (data.dsad_side" in said
+    assert main(["explain", "--model", str(model_dir), "--frame", str(frame), "--mask", str(mask), "--side", "right",
+                 "model=tiny", "eval.max_new_tokens=2"]) == 0
+    with pytest.raises(SystemExit):
+        main(["explain", "--model", str(model_dir), "--frame", str(frame), "--mask", str(mask), "--side", "up"])
 
 
 def test_explain_refuses_an_empty_mask(tiny_cfg, frame_and_mask, tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cme_vlm import atomic
 from cme_vlm.config import load_config
-from cme_vlm.layout import STATUS_FILE, run_folder, stage_state
+from cme_vlm.layout import STATUS_FILE, run_folder, runs_of, stage_state, stamped
 from cme_vlm.pipeline import clear_for_rerun
 from cme_vlm.stages import STAGE_BY_NAME
 
@@ -41,5 +41,10 @@ def test_run_folder_resumes_the_latest_run_of_the_experiment(tmp_path: Path):
         (tmp_path / f"demo-{stamp}").mkdir()
     (tmp_path / "demo-notes").mkdir()
     assert run_folder(cfg) == tmp_path / "demo-20261102-100000"
-    assert run_folder(cfg, new=True).parent == tmp_path and run_folder(cfg, new=True).name.startswith("demo-2")
     assert run_folder(cfg, tmp_path / "mine") == tmp_path / "mine"
+    fresh = stamped(tmp_path, "demo")
+    fresh.mkdir()
+    again = stamped(tmp_path, "demo")  # within the same second: a name of its own
+    assert again != fresh and not again.exists() and again.name.startswith(fresh.name)
+    again.mkdir()
+    assert runs_of(cfg)[-2:] == sorted([fresh, again]) and tmp_path / "demo-notes" not in runs_of(cfg)

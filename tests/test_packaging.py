@@ -55,6 +55,8 @@ def test_the_wheel_holds_the_package_its_configs_and_no_generic_top_level_module
     for shipped in ("cme_vlm/defaults/configs/model/tiny.yaml", "cme_vlm/defaults/experiments/demo.yaml",
                     "cme_vlm/defaults/experiments/ablations/no_overlay.yaml", "cme_vlm/callbacks/__init__.py"):
         assert shipped in names, shipped
+    measured = sorted(p.name for p in (REPO_ROOT / "cme_vlm" / "bench" / "measurements").glob("*.json"))
+    assert measured and measured == sorted(Path(n).name for n in names if "/bench/measurements/" in n)
 
 
 @pytest.mark.slow
@@ -66,6 +68,7 @@ def test_the_installed_command_plans_runs_from_an_empty_folder(installed: Path, 
     assert "plan for 'demo'" in out and "00-frames" in out
     out = _run([str(installed), "run", "experiments/paper.yaml", "--dry-run"], empty, env)
     assert "plan for 'paper'" in out and "training memory" in out
+    assert "67.4" in out and "66.5" in out and "not measured" not in out  # the shipped measurements (README)
     assert not any(empty.iterdir())  # a dry run writes nothing
 
 

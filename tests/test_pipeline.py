@@ -11,6 +11,7 @@ import pytest
 from config_reads import leaf_keys, record_reads
 
 from cme_vlm import pipeline
+from cme_vlm.atomic import current_umask
 from cme_vlm.cli import main
 from cme_vlm.config import load_config
 from cme_vlm.data.records import load_dataset
@@ -168,6 +169,18 @@ def test_paper_dry_run_plans_without_running(tmp_path: Path, capsys: pytest.Capt
     assert main(["run", str(paper), "--dry-run", "--run-dir", str(tmp_path / "paper")]) == 0
     out = capsys.readouterr().out
     for expected in ("05-dpo", "data.manifest", "GEMINI_API_KEY", "teacher answers", "3773", "training memory", "GiB",
-                     "disk and host memory", "62.5"):  # the 7B's SFT checkpoint: bf16 weights and Kahan AdamW state
+                     "disk and host memory", "62.5",  # the 7B's SFT checkpoint: bf16 weights and Kahan AdamW state
+                     "models loaded from this machine", "roberta-large", "eval.bertscore.path"):
         assert expected in out
+    assert out.count("missing:") == 2  # the 7B's weights and roberta-large, neither on this machine
     assert not (tmp_path / "paper").exists()
+
+
+@pytest.mark.slow
+def test_every_output_is_as_readable_as_the_umask_allows(demo_run: Path):
+    """Reports, datasets, exported models and checkpoints get a plain open's or mkdir's mode (W&B's own files aside)."""
+    umask = current_umask()
+    wrong = [f"{p.stat().st_mode & 0o777:o} {p.relative_to(demo_run)}" for p in demo_run.rglob("*")
+             if "wandb" not in p.relative_to(demo_run).parts and not p.is_symlink()
+             and p.stat().st_mode & 0o777 != (0o777 if p.is_dir() else 0o666) & ~umask]
+    assert not wrong, wrong[:20]

@@ -94,7 +94,7 @@ def test_finish_runs_the_imports_check_and_says_what_is_wrong_or_what_comes_next
         raise DataError("sheet has 1 problem(s): row 3: grade missing")
 
     assert create_app(_form(tmp_path, refuse)).test_client().post("/finish").json == {
-        "ready": False, "message": "sheet has 1 problem(s): row 3: grade missing"}
+        "ready": False, "message": "2 of 2 entries are still unreviewed. sheet has 1 problem(s): row 3: grade missing"}
     reply = create_app(_form(tmp_path)).test_client().post("/finish").json
     assert reply["ready"] and str(tmp_path / "sheet.csv") in reply["message"] and "Import it." in reply["message"]
 
@@ -179,3 +179,14 @@ def test_answer_review_in_a_browser_fill_reload_resume_finish_then_import(cfg, t
     assert (records[first]["provenance"], records[first]["answer"]) == ("expert_edited", "The corrected answer.")
     assert records[second]["provenance"] == "expert_rejected"
     assert {r["provenance"] for i, r in records.items() if i not in (first, second)} == {"teacher"}
+
+
+def test_check_and_finish_says_how_many_entries_are_still_unreviewed(tmp_path):
+    form = _form(tmp_path)
+    client = create_app(form).test_client()
+    assert "2 of 2 entries are still unreviewed" in client.post("/finish").json["message"]
+    _save(client, "r1", "grade", "good")
+    reply = client.post("/finish").json
+    assert reply["ready"] and "1 of 2 entries are still unreviewed" in reply["message"]
+    _save(client, "r2", "grade", "bad")
+    assert "every entry is reviewed" in client.post("/finish").json["message"]

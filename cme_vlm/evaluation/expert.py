@@ -1,8 +1,10 @@
 """The blinded expert evaluation: export a sheet of N cases, serve it as a web form, import the scores.
 
 The sheet shows each case's overlay image, prompt and the models' answers in a shuffled order
-under neutral labels (A, B, C); which label is which model is kept in ``expert/key.json``,
-apart from the sheet. The expert fills the CSV, or the local web form that saves into it
+under neutral labels (A, B, C). The folder ``expert/`` (sheet and images) is what goes to the
+expert; which label is which model is kept outside it, in ``expert-key.json`` beside it (a key
+that an earlier version wrote into ``expert/key.json`` is still found). The expert fills the CSV,
+or the local web form that saves into it
 (``serve_sheet``). The imported 1–5 scores and preferred-model choices (several allowed)
 become the report's "Expert score" and "Preferred model (count)" rows, and the judge's
 agreement with them (``cme_vlm.evaluation.agreement``) its "Judge–expert agreement" section.
@@ -19,21 +21,27 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from cme_vlm import atomic, review_server
 from cme_vlm.data.records import load_dataset
 from cme_vlm.errors import DataError
 from cme_vlm.evaluation.agreement import RatedCase, judge_expert_agreement
-from cme_vlm.evaluation.report import METRICS_FILENAME, read_metrics, write_report
+from cme_vlm.evaluation.report import METRICS_FILENAME, display_name, read_metrics, write_report
 from cme_vlm.evaluation.tracking import log_evaluation
 from cme_vlm.review_server import Field, SheetForm, Shown
 from cme_vlm.review_sheet import png_bytes
 from cme_vlm.schema import ExperimentConfig
 from cme_vlm.scoring.metrics import summarise
 
-EXPERT_DIRNAME = "expert"
+EXPERT_DIRNAME = "expert"  # the folder handed to the expert
 SHEET_FILENAME = "sheet.csv"
-KEY_FILENAME = "key.json"
+KEY_FILENAME = "expert-key.json"  # beside EXPERT_DIRNAME, never inside it
+LEGACY_KEY = f"{EXPERT_DIRNAME}/key.json"  # where earlier versions wrote the key
 LABELS = "ABCDEFGH"
+SCORED = ("score_", "preferred", "comment")  # the columns the expert fills
+
+console = Console(stderr=True)
 
 
 def _columns(labels: str) -> list[str]:
@@ -48,9 +56,32 @@ def _save_images(metrics: dict[str, Any], chosen: list[dict[str, Any]], folder: 
         atomic.write_bytes(folder / "images" / f"{ids[row['id']]}.png", png_bytes(row["overlay"].convert("RGB")))
 
 
+def key_path(eval_dir: Path) -> Path:
+    """Where ``eval_dir``'s key is: beside the expert folder, or inside it as an earlier version wrote it."""
+    key, legacy = Path(eval_dir) / KEY_FILENAME, Path(eval_dir) / LEGACY_KEY
+    return legacy if legacy.is_file() and not key.is_file() else key
+
+
+def _filled_rows(sheet: Path) -> int:
+    """How many rows of an existing sheet hold any of the expert's entries."""
+    if not sheet.is_file():
+        return 0
+    rows = csv.DictReader(io.StringIO(sheet.read_text(encoding="utf-8-sig")))
+    return sum(any((v or "").strip() for k, v in row.items() if k and k.startswith(SCORED)) for row in rows)
+
+
 def export_sheet(cfg: ExperimentConfig, eval_dir: Path) -> Path:
-    """Write ``expert/sheet.csv`` (blinded), ``expert/images/`` and ``expert/key.json`` into ``eval_dir``."""
+    """Write ``expert/sheet.csv`` (blinded) and ``expert/images/`` into ``eval_dir``, the key beside them.
+
+    A sheet that already holds an expert's entries is never replaced.
+    """
     eval_dir = Path(eval_dir)
+    folder = eval_dir / EXPERT_DIRNAME
+    filled = _filled_rows(folder / SHEET_FILENAME)
+    if filled:
+        raise DataError(f"expert sheet '{folder / SHEET_FILENAME}' already holds {filled} filled case(s). Import it "
+                        f"(cme-vlm expert import --sheet {folder / SHEET_FILENAME} --eval-dir {eval_dir}), or move it "
+                        "away to export a new one.")
     metrics = read_metrics(eval_dir)
     models = list(metrics["models"])
     rng = random.Random(cfg.eval.seed)
@@ -62,18 +93,21 @@ def export_sheet(cfg: ExperimentConfig, eval_dir: Path) -> Path:
         name = f"case-{i + 1:02d}"
         order = rng.sample(models, len(models))
         key[name] = {"id": case["id"], "labels": dict(zip(labels, order, strict=True))}
-        rows.append({"case": name, "structure": case["structure"].replace("_", " "), "side": case["side"],
+        rows.append({"case": name, "structure": display_name(metrics, case["structure"]), "side": case["side"],
                      "prompt": case["prompt"], "image": f"images/{name}.png",
                      **{f"answer_{x}": case["answers"][m]["answer"] for x, m in zip(labels, order, strict=True)},
                      **{f"score_{x}": "" for x in labels}, "preferred": "", "comment": ""})
-    folder = eval_dir / EXPERT_DIRNAME
     _save_images(metrics, chosen, folder)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=_columns(labels))
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(folder / SHEET_FILENAME, buf.getvalue())
-    atomic.write_json(folder / KEY_FILENAME, key)
+    atomic.write_json(eval_dir / KEY_FILENAME, key)
+    (eval_dir / LEGACY_KEY).unlink(missing_ok=True)  # the key of the empty sheet just replaced; it must not travel
+    console.print(f"expert sheet of {len(rows)} cases: {folder / SHEET_FILENAME}, overlays in {folder / 'images'}. "
+                  f"Hand the folder {folder} to the expert (or serve it: cme-vlm expert serve). The key, which model "
+                  f"wrote which answer, stays apart in {eval_dir / KEY_FILENAME}: keep it back.", soft_wrap=True)
     return folder / SHEET_FILENAME
 
 
@@ -107,15 +141,31 @@ def _parse_row(n: int, row: dict[str, str], key: dict[str, Any], problems: list[
 
 
 def _read_key(eval_dir: Path, sheet: Path) -> dict[str, Any]:
-    key_path = eval_dir / EXPERT_DIRNAME / KEY_FILENAME
-    if not key_path.is_file() or not sheet.is_file():
-        missing = key_path if not key_path.is_file() else sheet
+    key = key_path(eval_dir)
+    if not key.is_file() or not sheet.is_file():
+        missing = key if not key.is_file() else sheet
         raise DataError(f"'{missing}' does not exist. Export the sheet first (cme-vlm expert export) and fill it in.")
-    return json.loads(key_path.read_text())
+    return json.loads(key.read_text())
 
 
 def read_sheet(sheet: Path, key: dict[str, Any]) -> dict[str, Rating]:
     """{case: Rating} of a filled sheet; any bad row is one ``DataError`` listing every problem."""
+    ratings, problems = _rate(sheet, key)
+    if problems:
+        raise DataError(f"expert sheet '{sheet}' has {len(problems)} problem(s); nothing was applied. Fix them and "
+                        "import again:\n  - " + "\n  - ".join(problems[:30]))
+    return ratings
+
+
+def _check_form(sheet: Path, key: dict[str, Any]) -> None:
+    """The web form's final check: what the import would refuse, worded for a sheet not yet imported."""
+    _, problems = _rate(sheet, key)
+    if problems:
+        raise DataError(f"Before it can be imported: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems[:30]))
+
+
+def _rate(sheet: Path, key: dict[str, Any]) -> tuple[dict[str, Rating], list[str]]:
+    """The sheet's ratings by case, and every problem found in it."""
     problems: list[str] = []
     ratings: dict[str, Rating] = {}
     rows = list(csv.DictReader(io.StringIO(Path(sheet).read_text(encoding="utf-8-sig"))))
@@ -130,10 +180,7 @@ def read_sheet(sheet: Path, key: dict[str, Any]) -> dict[str, Rating]:
             ratings[case] = rating
     if not rows:
         problems.append("the sheet has no rows")
-    if problems:
-        raise DataError(f"expert sheet '{sheet}' has {len(problems)} problem(s); nothing was applied. Fix them and "
-                        "import again:\n  - " + "\n  - ".join(problems[:30]))
-    return ratings
+    return ratings, problems
 
 
 def _rated_cases(metrics: dict[str, Any], key: dict[str, Any], ratings: dict[str, Rating]) -> list[RatedCase]:
@@ -200,7 +247,7 @@ def sheet_form(eval_dir: Path) -> SheetForm:
         items=(Shown("Prompt", "prompt"), *answers, Field("preferred", "Preferred answer(s)", options=tuple(labels),
                                                           multiple=True), Field("comment", "Comment")),
         image=lambda row: _image(folder, row["image"]),
-        check=lambda: read_sheet(sheet, key),
+        check=lambda: _check_form(sheet, key),
         done=f"Import it with: cme-vlm expert import --sheet {sheet} --eval-dir {eval_dir}",
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from pathlib import Path
@@ -85,10 +86,26 @@ def provenance(cfg: ExperimentConfig, ds: Dataset, dataset: Path, specs: list[Mo
     }
 
 
-def _save_gallery(test: Dataset, out: Path, n: int) -> dict[str, str]:
-    """Overlay PNGs of the first ``n`` test cases under ``gallery/``; returns id -> relative path."""
+def gallery_picks(cases: list[tuple[str, str]], n: int, structures: list[str]) -> list[int]:
+    """Indexes of ``n`` of the (structure, side) ``cases``, spread over structures and sides.
+
+    One case of each (structure, side) in registry order, then a second of each, and so on; within
+    a group the cases keep their order, so the same test split gives the same gallery.
+    """
+    rank = {s: i for i, s in enumerate(structures)}
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, (structure, side) in enumerate(cases):
+        groups.setdefault((structure, side), []).append(i)
+    ordered = [groups[g] for g in sorted(groups, key=lambda g: (rank.get(g[0], len(rank)), g))]
+    rounds = (group[k] for k in range(max(map(len, ordered), default=0)) for group in ordered if k < len(group))
+    return sorted(itertools.islice(rounds, n))
+
+
+def _save_gallery(test: Dataset, out: Path, n: int, structures: list[str]) -> dict[str, str]:
+    """Overlay PNGs of ``n`` test cases (``gallery_picks``) under ``gallery/``; returns id -> relative path."""
     paths = {}
-    for row in test.select(range(min(n, len(test)))):
+    picks = gallery_picks(list(zip(test["structure"], test["side"], strict=True)), n, structures)
+    for row in test.select(picks):
         rel = f"{GALLERY_DIRNAME}/{row['id']}.png"
         atomic.write_bytes(out / rel, png_bytes(row["overlay"].convert("RGB")))
         paths[row["id"]] = rel
@@ -116,10 +133,11 @@ def evaluate(cfg: ExperimentConfig, dataset: Path, sft: Path | None = None, dpo:
         scores[spec.name] = score_answers(cfg, judge, rows, answers) | {"answer": answers}
         models[spec.name] = summarise_model(cfg, rows, answers, scores[spec.name])
     _warn_missing_verdicts(scores)
-    gallery = _save_gallery(test, out, cfg.eval.gallery_size)
+    gallery = _save_gallery(test, out, cfg.eval.gallery_size, list(cfg.anatomy.structures))
     judge_name = f"{judge.name}:{judge.client.model}" if hasattr(judge, "client") else judge.name
     metrics = {
         "provenance": provenance(cfg, ds, Path(dataset), specs, judge_name),
+        "display_names": {key: spec.display_name for key, spec in cfg.anatomy.structures.items()},
         "models": models,
         "tests": paired_tests(scores),
         "cases": [_case(i, row, scores, gallery) for i, row in enumerate(rows)],

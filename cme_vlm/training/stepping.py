@@ -110,6 +110,12 @@ class ManualStepModule(LightningModule):
         if self.train_cfg.gradient_release:  # a resumed run's optimizer state was loaded and moved, copying the links
             relink_groups(self.optimizers().optimizer)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["history"] = self.history  # so a resumed run's metrics.json covers the whole stage
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = checkpoint.get("history", self.history)
+
     def teardown(self, stage: str) -> None:
         if hasattr(self.model, "_gradient_release_hooks"):
             remove_gradient_release(self.model)

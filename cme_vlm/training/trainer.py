@@ -9,7 +9,6 @@ from typing import Any
 
 import lightning as L
 from lightning import Callback
-from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import Strategy
 
@@ -18,6 +17,7 @@ from cme_vlm.schema import ExperimentConfig, TrainConfig
 from cme_vlm.tracking import wandb_logger
 from cme_vlm.training.checkpoints import StageCheckpoints, StreamingCheckpointIO
 from cme_vlm.training.precision import precision_plugin
+from cme_vlm.training.progress import progress_bar
 from cme_vlm.training.sharding import STRATEGY as FSDP
 from cme_vlm.training.sharding import ShardedDataParallel
 
@@ -31,7 +31,7 @@ def build_trainer(
         num_nodes=train.num_nodes, plugins=[precision_plugin(train, job), StreamingCheckpointIO()],
         max_epochs=train.epochs, max_steps=total_steps, val_check_interval=train.val_every_n_steps or None,
         log_every_n_steps=train.log_every_n_steps,
-        callbacks=[StageCheckpoints(out / "checkpoints", train, job), RichProgressBar(), *callbacks],
+        callbacks=[StageCheckpoints(out / "checkpoints", train, job), progress_bar(job), *callbacks],
         logger=wandb_logger(cfg.wandb, cfg, out, job), default_root_dir=str(out), num_sanity_val_steps=0,
         enable_model_summary=False,
     )
@@ -78,6 +78,10 @@ def fit(trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModu
             # our data modules resume mid-epoch through their sampler (cme_vlm.data.sampling), not the DataLoader
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
             trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning ends a Ctrl-C with sys.exit(1): hand it on as the interrupt it was
+            raise KeyboardInterrupt from None
+        raise
     finally:
         if isinstance(trainer.logger, WandbLogger):
             trainer.logger.experiment.finish()

@@ -14,8 +14,9 @@ from chromium import chromium_page, saved
 from scipy import stats
 
 from cme_vlm.errors import DataError
-from cme_vlm.evaluation.expert import export_sheet, import_sheet, sheet_form
+from cme_vlm.evaluation.expert import KEY_FILENAME, export_sheet, import_sheet, sheet_form
 from cme_vlm.review_server import FormServer
+from cme_vlm.stages import STAGE_BY_NAME
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def eval_copy(evaluated, tmp_path):
 
 def _fill(sheet, scores_for, preferred_for):
     """Fill every row; ``scores_for(model)`` and ``preferred_for(models)`` see the unblinded models."""
-    key = json.loads((sheet.parent / "key.json").read_text())
+    key = json.loads((sheet.parent.parent / KEY_FILENAME).read_text())
     rows = list(csv.DictReader(sheet.open()))
     for row in rows:
         labels = key[row["case"]]["labels"]
@@ -60,7 +61,7 @@ def test_blinded_sheet_round_trip(eval_copy):
     rows = list(csv.DictReader(sheet.open()))
     assert len(rows) == 3 and all((sheet.parent / r["image"]).is_file() for r in rows)
     assert "reference" not in rows[0]
-    key = json.loads((sheet.parent / "key.json").read_text())
+    key = json.loads((out / KEY_FILENAME).read_text())
     judge = _set_judge_composites(out, {e["id"]: {"base": 1.0 + i / 10, "sft": 4.0 + i / 10}
                                         for i, e in enumerate(key.values())})
 
@@ -91,6 +92,38 @@ def test_blinded_sheet_round_trip(eval_copy):
 
 
 @pytest.mark.slow
+def test_the_key_stays_out_of_the_folder_handed_to_the_expert_and_export_says_what_it_wrote(eval_copy, capsys):
+    cfg, out = eval_copy
+    sheet = export_sheet(cfg, out)
+    handed = sheet.parent
+    assert not any("key" in p.name for p in handed.rglob("*"))
+    assert not any(m in p.read_text(errors="ignore") for p in handed.rglob("*.csv") for m in ("base", "sft"))
+    assert (out / KEY_FILENAME).is_file() and KEY_FILENAME in STAGE_BY_NAME["eval"].keeps
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{sheet}" in said and "3 cases" in said and f"{out / KEY_FILENAME}" in said and f"Hand the folder {handed}" in said
+    _fill(sheet, lambda m: 4, lambda models: models[:1])
+    with pytest.raises(DataError, match="already holds 3 filled"):
+        export_sheet(cfg, out)  # a filled sheet is never replaced
+    assert import_sheet(cfg, sheet, out)["n_cases"] == 3
+
+
+@pytest.mark.slow
+def test_a_sheet_exported_with_the_key_beside_it_still_imports(eval_copy):
+    cfg, out = eval_copy
+    sheet = export_sheet(cfg, out)
+    (out / KEY_FILENAME).rename(sheet.parent / "key.json")  # where an earlier version wrote it
+    rows = list(csv.DictReader(sheet.open()))
+    for row in rows:
+        row.update(score_A="3", score_B="3")
+    with sheet.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert import_sheet(cfg, sheet, out)["n_cases"] == 3
+    assert sheet_form(out).sheet == sheet
+
+
+@pytest.mark.slow
 def test_malformed_sheet_is_one_clear_error_and_changes_nothing(eval_copy):
     cfg, out = eval_copy
     sheet = export_sheet(cfg, out)
@@ -112,7 +145,7 @@ def test_malformed_sheet_is_one_clear_error_and_changes_nothing(eval_copy):
 def test_web_form_in_a_browser_fill_reload_resume_finish_then_import(eval_copy):
     cfg, out = eval_copy
     sheet = export_sheet(cfg, out)
-    key = json.loads((sheet.parent / "key.json").read_text())
+    key = json.loads((out / KEY_FILENAME).read_text())
     first, *rest = sorted(key)
     score = "section[data-row='{}'] fieldset[data-column='score_{}'] input[value='{}']"
     prefer = "section[data-row='{}'] fieldset[data-column='preferred'] input[value='{}']"
@@ -134,7 +167,9 @@ def test_web_form_in_a_browser_fill_reload_resume_finish_then_import(eval_copy):
         assert page.input_value(comment) == "A names the vein"
         assert page.inner_text("#complete") == "1" and page.get_attribute("#resume", "href") == f"#row-{rest[0]}"
         page.click("#finish")
-        assert f"({rest[0]}): score_A='' must be a whole number" in page.inner_text("#finish-message.problems")
+        told = page.inner_text("#finish-message.problems")
+        assert f"({rest[0]}): score_A='' must be a whole number" in told
+        assert f"{len(rest)} of {len(key)} entries are still unreviewed" in told and "import again" not in told
 
         page.click("#resume")
         for case in rest:

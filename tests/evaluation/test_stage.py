@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
-import subprocess
 
 import pytest
+from chromium import chromium_page
 
-from cme_vlm.evaluation.stage import evaluate
+from cme_vlm.evaluation.report import write_report
+from cme_vlm.evaluation.stage import evaluate, gallery_picks
 
 
 @pytest.mark.slow
@@ -26,7 +28,10 @@ def test_evaluate_writes_the_report_and_the_html_renders(evaluated, tmp_path):
     assert prov["data"]["splits"] == {"test": 4, "train": 2} and prov["judge"] == "rubric"
     assert "not clinical validity" in prov["caveat"] and "random weights" in prov["caveat"]
     case = metrics["cases"][0]
-    assert set(case["answers"]) == {"base", "sft"} and case["gallery"].startswith("gallery/")
+    assert set(case["answers"]) == {"base", "sft"}
+    shown = [c for c in metrics["cases"] if c["gallery"]]
+    assert len(shown) == 2 and all(c["gallery"].startswith("gallery/") for c in shown)
+    assert len({c["structure"] for c in shown}) == 2 and metrics["display_names"]["angels_hair"] == "angel's hair"
     assert case["answers"]["base"]["verdicts"]["criteria"]["identification"] in (1.0, 3.0, 5.0)
 
     md = (out / "report.md").read_text()
@@ -41,18 +46,62 @@ def test_evaluate_writes_the_report_and_the_html_renders(evaluated, tmp_path):
     evaluate(eval_cfg, answered_dir, sft=sft_folder, dpo=None, out=out)
     assert (out / "generations" / "sft.jsonl").stat().st_mtime_ns == mtime
     assert json.loads((out / "metrics.json").read_text())["models"] == metrics["models"]
-    _screenshot(out / "report.html", tmp_path / "shot.png")
 
 
-def _screenshot(page, png):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        pytest.skip("headless Chromium is not installed (apt-get install -y chromium); .ci/run installs it")
-    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-            "--window-size=1200,1600", f"--screenshot={png}", page.as_uri()]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert png.is_file() and png.stat().st_size > 10_000
-    problems = [line for line in result.stderr.splitlines()
-                if "CONSOLE" in line or "Uncaught" in line or "Failed to load resource" in line]
-    assert not problems, problems
+LONG_TOKEN = "x" * 600  # one "word" a random base model may well write
+SCREEN = {"width": 1200, "height": 1600}
+
+
+@pytest.mark.slow
+def test_the_report_renders_images_in_proportion_within_the_page_width(evaluated, tmp_path):
+    """Headless Chromium renders report.html: every image in its own proportions, nothing wider than the window."""
+    shown = _report_with(evaluated, tmp_path, f"{LONG_TOKEN} " + "a long answer that wraps over lines " * 30)
+    with chromium_page() as page:
+        errors: list[str] = []
+        page.on("console", lambda message: errors.append(message.text))
+        page.set_viewport_size(SCREEN)
+        page.goto((shown / "report.html").as_uri())
+        shapes = page.evaluate("""[...document.images].map(i => [i.naturalWidth, i.naturalHeight,
+                                  i.getBoundingClientRect().width, i.getBoundingClientRect().height])""")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    assert not errors, errors
+    assert len(shapes) == 3 and all(natural_w > 0 for natural_w, *_ in shapes)  # chart + 2 gallery frames
+    for natural_w, natural_h, w, h in shapes:
+        assert w / h == pytest.approx(natural_w / natural_h, rel=0.02), (natural_w, natural_h, w, h)
+    assert width <= SCREEN["width"], f"the page is {width} px wide in a {SCREEN['width']} px window"
+
+
+def _report_with(evaluated, tmp_path, answer: str):
+    """A copy of the evaluation whose first gallery case's base answer is ``answer``, its report written again."""
+    out = tmp_path / "06-eval"
+    shutil.copytree(evaluated[3], out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    next(c for c in metrics["cases"] if c["gallery"])["answers"]["base"]["answer"] = answer
+    write_report(out, metrics)
+    return out
+
+
+@pytest.mark.slow
+def test_the_report_escapes_control_characters_and_names_structures_as_the_registry_does(evaluated, tmp_path):
+    shown = _report_with(evaluated, tmp_path, "a\n- not a bullet\x07\u2028end")
+    md = (shown / "report.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("- **Base**") and "not a bullet" in x)
+    assert line.endswith("a<br>- not a bullet\\x07\\u2028end")  # one bullet, however the model broke its lines
+    assert "\x07" not in md and "\u2028" not in md and "\n- not a bullet" not in md
+    for text in (md, html.unescape((shown / "report.html").read_text())):
+        assert "angel's hair" in text and "inferior mesenteric vein" in text
+        for key in ("angels_hair", "angels hair", "inferior_mesenteric_vein", "preparation_plane"):
+            assert key not in text, key
+
+
+def test_the_gallery_spreads_over_structures_and_sides_in_registry_order():
+    cases = [("preparation_plane", "left")] * 5 + [("preparation_plane", "right"), ("angels_hair", "left"),
+                                                    ("duodenum", "right"), ("pancreas", "left"), ("angels_hair", "left")]
+    registry = ["preparation_plane", "angels_hair", "inferior_mesenteric_vein", "duodenum", "pancreas"]
+    picks = gallery_picks(cases, 5, registry)
+    assert picks == sorted(picks) and len(set(picks)) == 5
+    assert {cases[i] for i in picks} == {("preparation_plane", "left"), ("preparation_plane", "right"),
+                                         ("angels_hair", "left"), ("duodenum", "right"), ("pancreas", "left")}
+    assert gallery_picks(cases, 7, registry) == [0, 1, 5, 6, 7, 8, 9]  # then a second of each, in order
+    assert gallery_picks(cases, 50, registry) == list(range(10)) and gallery_picks([], 3, registry) == []

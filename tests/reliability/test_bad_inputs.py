@@ -95,11 +95,11 @@ def synth(i: Inputs, *extra: str) -> list[str]:
 
 
 # ------------------------------------------------------------------ configs
-@case("config-unknown-key", r"data\.synthetic\.n_framez", r"did you mean 'n_frames'")
+@case("config-unknown-key", r"data\.synthetic\.n_framez", r"did you mean 'data\.synthetic\.n_frames'")
 def _(i): return synth(i, "data.synthetic.n_framez=3")
 
 
-@case("config-unknown-key-in-file", r"exp\.yaml.*'sft\.lrr'", r"did you mean 'lr'")
+@case("config-unknown-key-in-file", r"exp\.yaml.*'sft\.lrr'", r"did you mean 'sft\.lr'")
 def _(i):
     (i.tmp / "exp.yaml").write_text("base: demo\nsft: {lrr: 0.1}\n")
     return synth(i, "--config", str(i.tmp / "exp.yaml"))

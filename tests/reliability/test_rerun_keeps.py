@@ -26,7 +26,7 @@ PAID_OR_AUDITED = {
     "06-eval": ("judge_journal.jsonl", "judge_audit.jsonl"),
 }
 ANNOTATIONS = ("02-teacher/review/review.csv", "04-preference/review/review.csv", "06-eval/expert/sheet.csv",
-               "06-eval/expert/key.json")
+               "06-eval/expert-key.json")
 
 
 def _files(run: Path, names: list[str]) -> dict[str, bytes]:

@@ -102,8 +102,9 @@ def test_resume_mid_epoch_ends_with_the_uninterrupted_weights_and_optimizer_stat
     state_a, state_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     assert all(float(state_b[k]["step"]) == float(state_a[k]["step"]) == 4 for k in state_a)
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert [s for s, _ in metrics["train_loss"]] == [3, 4]  # steps 3 and 4 only: nothing redone
-    assert metrics["train_loss"] == json.loads((tmp_path / "a" / "metrics.json").read_text())["train_loss"][2:]
+    # the whole stage's record, each step once: steps 1-2 from the checkpoint's history, 3-4 trained after it
+    assert [s for s, _ in metrics["train_loss"]] == [1, 2, 3, 4]
+    assert metrics["train_loss"] == json.loads((tmp_path / "a" / "metrics.json").read_text())["train_loss"]
     _assert_close_tensors(b["state_dict"], a["state_dict"])
     _assert_close_tensors(b["optimizer_states"][0], a["optimizer_states"][0])
     assert b["lr_schedulers"][0] == a["lr_schedulers"][0]
