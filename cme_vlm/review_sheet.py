@@ -108,8 +108,24 @@ def render_html(spec: SheetSpec, rows: list[dict]) -> str:
             + "".join(cards) + "</body></html>\n")
 
 
+def filled_rows(spec: SheetSpec, sheet: Path) -> int:
+    """How many rows of an existing sheet hold any of the reviewer's entries (0 for no sheet)."""
+    if not Path(sheet).is_file():
+        return 0
+    return sum(any((row.get(c) or "").strip() for c in spec.review_columns) for row in _reader(spec, sheet))
+
+
 def export_sheet(spec: SheetSpec, cfg: ExperimentConfig, dataset: Path, out: Path) -> Path:
-    """Write ``out/review.csv`` and ``out/review.html`` for a seeded ``review.fraction`` sample."""
+    """Write ``out/review.csv`` and ``out/review.html`` for a seeded ``review.fraction`` sample.
+
+    A sheet that already holds a reviewer's entries is never replaced.
+    """
+    out = Path(out)
+    filled = filled_rows(spec, out / SHEET_NAME)
+    if filled:
+        raise DataError(f"review sheet '{out / SHEET_NAME}' already holds {filled} reviewed {spec.unit}(s). Import it "
+                        f"(cme-vlm {spec.import_command} --sheet {out / SHEET_NAME}), or move it away to export a "
+                        "new one.")
     ds = load_dataset(dataset, spec.what)
     ids = set(sample_ids(ds, spec, cfg.review.fraction, cfg.review.seed))
     if not ids:
@@ -121,7 +137,6 @@ def export_sheet(spec: SheetSpec, cfg: ExperimentConfig, dataset: Path, out: Pat
     writer.writeheader()
     for r in rows:
         writer.writerow({**{c: r.get(c, "") for c in spec.data_columns}, **dict.fromkeys(spec.review_columns, "")})
-    out = Path(out)
     atomic.write_text(out / SHEET_NAME, buf.getvalue())
     atomic.write_text(out / PAGE_NAME, render_html(spec, rows))
     save_config(cfg, out)

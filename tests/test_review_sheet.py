@@ -74,6 +74,18 @@ def test_export_without_reviewable_rows_names_the_dataset_and_the_producer(cfg, 
     assert not (tmp_path / "out" / "review.csv").exists()
 
 
+def test_export_never_replaces_a_sheet_holding_entries(cfg, tmp_path):
+    dataset = _notes(tmp_path / "a")
+    sheet = export_sheet(SPEC, cfg, dataset, tmp_path / "out")
+    assert export_sheet(SPEC, cfg, dataset, tmp_path / "out") == sheet  # a blank sheet is replaced freely
+    rows = list(csv.DictReader(sheet.open()))
+    rows[0]["comment"] = "seen"
+    filled = _write(sheet, list(SPEC.columns), [list(r.values()) for r in rows]).read_bytes()
+    with pytest.raises(DataError, match=r"already holds 1 reviewed note\(s\).*cme-vlm notes import --sheet"):
+        export_sheet(SPEC, cfg, dataset, tmp_path / "out")
+    assert sheet.read_bytes() == filled
+
+
 def test_import_applies_decisions_case_insensitively_and_leaves_empty_rows(cfg, tmp_path):
     dataset = _notes(tmp_path / "a")
     header = list(SPEC.columns)

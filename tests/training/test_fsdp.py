@@ -175,8 +175,9 @@ def test_fsdp_resumes_from_a_sharded_checkpoint(stage, two_processes, tmp_path):
     assert (uninterrupted / "checkpoints" / "step=2.ckpt" / ".metadata").is_file()  # a folder of shards
     assert not [p for p in (uninterrupted / "checkpoints").iterdir() if p.name.startswith(".")]  # no partial save
     steps, losses = zip(*_metrics(resumed)["train_loss"], strict=True)
-    assert steps == (3, 4)  # steps 3 and 4 only: nothing redone
-    assert losses == pytest.approx([loss for _, loss in _metrics(uninterrupted)["train_loss"][2:]])
+    # the whole stage's record: steps 1-2 travel in the checkpoint, 3-4 are trained after it, none twice
+    assert steps == (1, 2, 3, 4)
+    assert losses == pytest.approx([loss for _, loss in _metrics(uninterrupted)["train_loss"]])
     a = _sharded(uninterrupted / "checkpoints" / "step=4.ckpt", tmp_path / "a.pt")
     b = _sharded(resumed / "checkpoints" / "step=4.ckpt", tmp_path / "b.pt")
     torch.testing.assert_close(b["state_dict"], a["state_dict"])
