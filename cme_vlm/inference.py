@@ -48,7 +48,8 @@ def overlay_for(cfg: ExperimentConfig, frame: Path, mask: Path, structure: str |
 
 def _prompt_for(cfg: ExperimentConfig, frame: Path) -> str:
     """The student prompt for a lone frame; side and phase are the config's data defaults."""
-    return student_prompt(cfg.data.prompts, Path(frame).stem, cfg.data.dsad_side.value, cfg.data.dsad_phase)
+    scene = Anatomy(cfg.anatomy).scene(cfg.data.dsad_side.value)
+    return student_prompt(cfg.data.prompts, Path(frame).stem, scene, cfg.data.dsad_phase)
 
 
 def explain(
