@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 
 from cme_vlm.anatomy import Anatomy
@@ -168,3 +169,22 @@ def load_dsad(root: str | Path, anatomy: Anatomy, side: Side | str, phase: str,
         raise DataError(f"DSAD root '{root}' holds no frames of registry structures. "
                         "Check the path and the registry's synonyms.")
     return list(found.samples.values())
+
+
+def count_dsad(root: str | Path, anatomy: Anatomy) -> dict[str, Counter[str]]:
+    """Surgery (``dsad_NN``) -> registry structure -> masks found, from file names alone (no image is read).
+
+    An upper bound of the records a build makes: a multilabel mask that turns out empty, or that
+    repeats a structure folder's mask of the same frame, makes no record.
+    """
+    counts: dict[str, Counter[str]] = {}
+    sink = Problems()  # the build lists the problems; a count only skips what does not pair
+    for folder in (p for p in Path(root).iterdir() if p.is_dir() and not _skip_reason(p.name, anatomy)):
+        for surgery in _surgeries(folder):
+            found = counts.setdefault(f"dsad_{int(surgery.name):02d}", Counter())
+            if folder.name == MULTILABEL:
+                names = [name for masks in _multilabel_masks(surgery, sink).values() for name in masks]
+                found.update(key for name in names if (key := anatomy.lookup(name)) is not None)
+            else:
+                found[anatomy.resolve(folder.name)] += len(_single_pairs(surgery, sink))
+    return counts
