@@ -171,8 +171,8 @@ def calls_table(cfg: ExperimentConfig, counts: RecordCounts) -> Table:
             table.add_row(step, backend, f"{n:,}", f"{round(n * mean[kind]):,}", f"{n * cap:,}")
         else:
             table.add_row(step, backend, "0 (offline)", "–", "–")
-    table.caption = ("tokens: about 4 characters a token of each request as sent, 258 per mask image "
-                     "(Gemini's documentation); output at teacher.gemini.max_output_tokens a call, thinking tokens on top")
+    table.caption = ("tokens: about 4 characters a token of each request as sent, 258 per mask image (Gemini's "
+                     "documentation); output at teacher.gemini.max_output_tokens a call, thinking tokens on top")
     return table
 
 

@@ -119,20 +119,25 @@ def structure_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]
     return header, rows
 
 
-def bar_chart(metrics: dict[str, Any]) -> bytes:
-    """A PNG: the judge's composite per structure, one bar per model."""
+def bar_chart(metrics: dict[str, Any], metric: str = "judge") -> bytes:
+    """A PNG: ``metric`` per structure, one bar per model (the judge's composite on 1–5, fractions on 0–1)."""
     models = metrics["models"]
     structures = list(dict.fromkeys(s for m in models.values() for s in m["per_structure"]))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(structures) + 2), 3.6), dpi=100)
     width = 0.8 / max(1, len(models))
     for i, (name, model) in enumerate(models.items()):
-        values = [model["per_structure"].get(s, {}).get("judge", {}).get("mean", 0.0) or 0.0 for s in structures]
+        values = [model["per_structure"].get(s, {}).get(metric, {}).get("mean", 0.0) or 0.0 for s in structures]
         ax.bar([x + i * width for x in range(len(structures))], values, width, label=model_label(name))
     ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(structures))])
     ax.set_xticklabels([s.replace("_", " ") for s in structures], rotation=15)
-    ax.set_ylim(0, 5)
-    ax.set_ylabel(f"LLM judge (1–5, {metrics['provenance']['judge']})")
-    ax.legend()
+    judged = metric == "judge"
+    ax.set_ylim(0, 5 if judged else 1)
+    ax.set_ylabel(f"LLM judge (1–5, {metrics['provenance']['judge']})" if judged else METRICS[metric])
+    if len(models) > 3:  # several runs' models: the legend beside the bars, not over them
+        fig.set_figwidth(fig.get_figwidth() + 3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    else:
+        ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 
 import pytest
+from chromium import screenshot
 
 from cme_vlm.evaluation.stage import evaluate
 
@@ -41,18 +40,5 @@ def test_evaluate_writes_the_report_and_the_html_renders(evaluated, tmp_path):
     evaluate(eval_cfg, answered_dir, sft=sft_folder, dpo=None, out=out)
     assert (out / "generations" / "sft.jsonl").stat().st_mtime_ns == mtime
     assert json.loads((out / "metrics.json").read_text())["models"] == metrics["models"]
-    _screenshot(out / "report.html", tmp_path / "shot.png")
+    screenshot(out / "report.html", tmp_path / "shot.png")
 
-
-def _screenshot(page, png):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        pytest.skip("headless Chromium is not installed (apt-get install -y chromium); .ci/run installs it")
-    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-            "--window-size=1200,1600", f"--screenshot={png}", page.as_uri()]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert png.is_file() and png.stat().st_size > 10_000
-    problems = [line for line in result.stderr.splitlines()
-                if "CONSOLE" in line or "Uncaught" in line or "Failed to load resource" in line]
-    assert not problems, problems
