@@ -11,11 +11,10 @@ import itertools
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-
 from cme_vlm.comparison.runs import RunEvaluation
 from cme_vlm.evaluation.report import model_label
 from cme_vlm.evaluation.stats import PairedTest, wilcoxon
+from cme_vlm.scoring.metrics import summarise
 
 COMPARED_METRICS = ("bleu4", "bertscore", "judge", "identification")
 
@@ -38,6 +37,7 @@ class RunTest:
 def model_order(names: list[str]) -> list[str]:
     """Base, SFT, DPO, then later preference rounds' DPO (``dpo_r2`` …): ``metrics.json`` keeps its keys sorted."""
     rank = {"base": 0, "sft": 1, "dpo": 2}
+
     def key(name: str) -> tuple[int, int, str]:
         later_round = int(name.removeprefix("dpo_r")) if name.startswith("dpo_r") else 0
         return rank.get(name, 3), later_round, name
@@ -55,11 +55,6 @@ def _scores(run: RunEvaluation, model: str, metric: str, ids: list[str]) -> list
     return [float(cases[i]["answers"][model][metric]) for i in ids]
 
 
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
 def run_tests(runs: list[RunEvaluation], by_structure: bool = False) -> list[RunTest]:
     """Every pair of runs, every shared model and compared metric: overall, or per structure."""
     cases = runs[0].cases()
@@ -74,5 +69,5 @@ def run_tests(runs: list[RunEvaluation], by_structure: bool = False) -> list[Run
         for (structure, group), model, metric in combinations:
             x, y = _scores(a, model, metric, group), _scores(b, model, metric, group)
             test = wilcoxon(f"{a.label} · {model_label(model)}", x, f"{b.label} · {model_label(model)}", y, metric)
-            tests.append(RunTest(model, structure, _mean(x), _mean(y), test))
+            tests.append(RunTest(model, structure, summarise(x).mean, summarise(y).mean, test))
     return tests
