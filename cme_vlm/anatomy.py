@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from cme_vlm.errors import DataError
-from cme_vlm.schema import AnatomyConfig, Side, StructureSpec
+from cme_vlm.schema import AnatomyConfig, Fact, Side, StructureSpec
 
 _SIDE_WORDS = {
     Side.left: re.compile(r"\bleft[- ]sided\b|\bleft (?:cme|colectomy|hemicolectomy|colon)\b", re.I),
@@ -113,3 +113,40 @@ class Anatomy:
         """The CME sides on which a structure is seen."""
         side = self[key].side
         return [Side.left, Side.right] if side == Side.both else [side]
+
+    def facts_for(self, key: str, side: str, phase: str) -> list[Fact]:
+        """The structure's facts true for a record of ``side`` and ``phase``.
+
+        A fact tagged with one side holds only for records of that side, so a record whose side is
+        unknown gets the facts of both sides only; a fact tagged with phases holds only when the
+        record's phase is one of them.
+        """
+        return [f for f in self[key].facts if holds(f, side, phase)]
+
+    def scene(self, side: str) -> str:
+        """A record's procedure in words, e.g. "left-sided CME" (``anatomy.scene``); empty for an unknown side."""
+        if "{side}" in self.cfg.scene and not side:
+            return ""
+        return self.cfg.scene.format(side=side)
+
+
+def holds(fact: Fact, side: str, phase: str) -> bool:
+    """Whether ``fact`` is true for a record of ``side`` and ``phase`` (see ``Anatomy.facts_for``)."""
+    side_ok = fact.side is Side.both or fact.side.value == side
+    return side_ok and (not fact.phases or normalise(phase) in {normalise(p) for p in fact.phases})
+
+
+def registry_problems(cfg: AnatomyConfig) -> list[str]:
+    """Facts whose text names a CME side their ``side`` tag does not allow, or that carry no source."""
+    problems = []
+    for key, spec in cfg.structures.items():
+        for i, fact in enumerate(spec.facts):
+            where = f"anatomy.structures.{key}.facts[{i}]"
+            named = Anatomy.sides_named(fact.text)
+            if fact.side is not Side.both and named - {fact.side}:
+                problems.append(f"{where} is tagged side {fact.side.value} but its text names the other side; fix the tag or the text")
+            if fact.side is Side.both and len(named) == 1:
+                problems.append(f"{where} names only the {next(iter(named)).value} side in its text; tag it side: {next(iter(named)).value}")
+            if not fact.source.strip() or fact.source == "???":
+                problems.append(f"{where} has no source; give the textbook or peer-reviewed source beside the fact")
+    return problems

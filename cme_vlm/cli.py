@@ -52,8 +52,8 @@ class Command:
 
     A path ``Input`` with a ``stage`` defaults to that stage's folder in the run; one without is
     required. ``takes_run_dir``: the function gets the run folder itself. ``positional`` names what
-    may stand bare after the command: the experiment file (``run EXPERIMENT``) or the run folder
-    (``audit RUN_DIR``).
+    may stand bare after the command: the experiment file (``run EXPERIMENT``), the run folder
+    (``audit RUN_DIR``) or the runs to compare (``compare RUN ...``).
     """
 
     words: tuple[str, ...]
@@ -112,6 +112,12 @@ def _bench() -> Callable[..., Any]:
     return run_bench
 
 
+def _compare() -> Callable[..., Any]:
+    from cme_vlm.comparison import compare_runs
+
+    return compare_runs
+
+
 def _pipeline() -> Callable[..., Any]:
     from cme_vlm.pipeline import run
 
@@ -124,6 +130,7 @@ ANSWERS = Input("dataset", "answered dataset", "teacher", "dataset")
 PAIRS = Input("dataset", "preference dataset", "preference", "dataset")
 EVAL_DIR = Input("eval_dir", "evaluation folder", "eval")
 RUN_DIR = "run_dir"
+RUNS = "runs"  # compare's positional: one or more run folders
 SERVE = (Flag("host", "address to serve on", str, "127.0.0.1"), Flag("port", "port (0: any free one)", int, 0),
          Flag("allow_remote", "serve beyond this machine (the sheet shows patient frames)", switch=True))
 
@@ -164,6 +171,8 @@ TOOLS: tuple[Command, ...] = (
              Flag("only", "comma-separated subset of sft,dpo,generate"),
              Flag("memory", "measure one SFT and one DPO step's peak memory on fake tensors for the dry-run",
                   switch=True)), computes=True),
+    Command(("compare",), "several runs' Table 1 side by side, paired tests between runs, config differences (local report)",
+            _compare, (), (Flag("out", "report folder (default: <output_dir>/compare-<time>)", Path),), positional=RUNS),
     Command(("run",), "run every stage of the experiment in a run folder, skipping what is up to date and resuming "
             "what was interrupted; a config that would redo finished stages of the latest run starts a new run folder "
             "(--run-dir DIR: redo them there)", _pipeline, (),
@@ -177,7 +186,9 @@ COMMANDS: dict[tuple[str, ...], Command] = {c.words: c for c in (*map(stage_comm
 
 def _add_command(sub: argparse.ArgumentParser, command: Command) -> None:
     sub.set_defaults(command=command.words)
-    if command.positional:
+    if command.positional == RUNS:
+        sub.add_argument(RUNS, nargs="+", type=Path, metavar="RUN", help="run folders (or their evaluation folders)")
+    elif command.positional:
         what = "experiment YAML (default: experiments/demo.yaml)" if command.positional == "experiment" else "run folder"
         sub.add_argument(f"{command.positional}_arg", nargs="?", metavar=command.positional.upper(), help=what)
     sub.add_argument("--config", help="experiment YAML (default: experiments/demo.yaml)")
@@ -305,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(experiment, overrides, args.configs)
         paths = resolve_paths(command, args, cfg)
         flags = {f.name: getattr(args, f.name) for f in command.flags if not f.override}
+        flags |= {RUNS: args.runs} if command.positional == RUNS else {}
         command.load()(cfg, **paths, **flags)
     except CmeVlmError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)

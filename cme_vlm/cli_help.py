@@ -51,6 +51,7 @@ TOOL_EXAMPLES = {
     "expert import": "cme-vlm expert import --sheet filled/sheet.csv",
     "explain": "cme-vlm explain --model runs/demo-20260101-120000/05-dpo/model --frame f.png --mask m.png --side right",
     "audit": "cme-vlm audit runs/demo-20260101-120000",
+    "compare": "cme-vlm compare runs/demo-20260101-120000 runs/no_overlay-20260101-130000",
     "bench": "cme-vlm bench --memory model=qwen2_5_vl_7b model.path=   (records a step's memory for the dry-run)",
 }
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cme_vlm import atomic
+from cme_vlm.anatomy import registry_problems
 from cme_vlm.config_files import GROUP_FOLDERS, ConfigSearch, find_experiment
 from cme_vlm.errors import ConfigError
 from cme_vlm.schema import CacheKind, ExperimentConfig, Switch
@@ -236,6 +237,7 @@ def check_config(cfg: ExperimentConfig) -> None:
         problems.append("data.prompts.templates is empty; give at least one prompt")
     if not cfg.anatomy.structures:
         problems.append("anatomy.structures is empty; select an anatomy group, e.g. defaults: {anatomy: cme}")
+    problems += registry_problems(cfg.anatomy)
     for stage in ("sft", "dpo"):
         train = getattr(cfg, stage)
         modes = {c: getattr(train.freezing, c).value for c in ("vision_encoder", "merger", "language_model")}

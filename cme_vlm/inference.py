@@ -52,7 +52,7 @@ def overlay_for(cfg: ExperimentConfig, frame: Path, mask: Path, structure: str |
 
 def _prompt_for(cfg: ExperimentConfig, frame: Path, side: str) -> str:
     """The student prompt for a lone frame of a ``side``-sided CME; the phase is the config's data default."""
-    return student_prompt(cfg.data.prompts, Path(frame).stem, side, cfg.data.dsad_phase)
+    return student_prompt(cfg.data.prompts, Path(frame).stem, Anatomy(cfg.anatomy).scene(side), cfg.data.dsad_phase)
 
 
 def explain(

@@ -12,27 +12,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from cme_vlm.anatomy import Anatomy
 from cme_vlm.console import folding_table
-from cme_vlm.data.records import load_dataset
 from cme_vlm.layout import stage_state
 from cme_vlm.models.adapters import COMPONENTS
 from cme_vlm.models.local_weights import local_models_table
-from cme_vlm.schema import ComponentMode, DataSource, ExperimentConfig, JudgeBackend, SelectionMode, TeacherBackend
-from cme_vlm.stages import STAGE_BY_NAME, Stage
+from cme_vlm.schema import ComponentMode, DataSource, ExperimentConfig, JudgeBackend, TeacherBackend
+from cme_vlm.stages import Stage
 from cme_vlm.training.preflight import preflight
+from cme_vlm.workload import workload_tables
 
 console = Console()
-
-
-def _records_estimate(cfg: ExperimentConfig, run_dir: Path) -> tuple[int, str]:
-    built = run_dir / STAGE_BY_NAME["data"].folder
-    if (built / "dataset").is_dir():
-        return len(load_dataset(built)), "records in this run's dataset"
-    if cfg.data.source is DataSource.synthetic:
-        return cfg.data.synthetic.n_frames, "synthetic annotations requested"
-    counts = sum(s.annotation_count for s in Anatomy(cfg.anatomy).cfg.structures.values())
-    return counts, "annotations in the registry (the paper's counts); the real number is one per (frame, mask)"
 
 
 def _inputs(cfg: ExperimentConfig) -> list[tuple[str, str, str]]:
@@ -66,29 +55,10 @@ def print_plan(cfg: ExperimentConfig, run_dir: Path, stages: list[Stage], fps: d
     console.print(inputs)
     console.print(local_models_table(cfg))
 
-    n, basis = _records_estimate(cfg, run_dir)
-    console.print(_calls_table(cfg, n, basis))
+    for table in workload_tables(cfg, run_dir):
+        console.print(table)
     console.print(_memory_table(cfg))
     console.print(*preflight(cfg, run_dir, [(stage.name, stage.folder) for stage in stages]))
-
-
-def _calls_table(cfg: ExperimentConfig, n: int, basis: str) -> Table:
-    """Paid requests per remote step (before retries), from ``n`` records."""
-    test = round(n * cfg.data.test_fraction)
-    pref = cfg.preference
-    dpo_models = pref.rounds if "dpo" in cfg.eval.models else 0
-    judged_pairs = 0 if pref.selection is SelectionMode.checks else round(n - test) * (2 if pref.two_pass else 1)
-    rows = (
-        ("teacher answers", cfg.teacher.backend is TeacherBackend.gemini, cfg.teacher.backend.value, n),
-        ("pair selection", pref.judge is JudgeBackend.gemini, f"{pref.judge.value}, {pref.selection.value}",
-         judged_pairs * dpo_models),
-        ("evaluation judge", cfg.eval.judge is JudgeBackend.gemini, cfg.eval.judge.value,
-         test * (len(cfg.eval.models) - ("dpo" in cfg.eval.models) + dpo_models)),
-    )
-    table = folding_table(f"teacher and judge calls (from {n} {basis})", "step", "backend", "calls", right=("calls",))
-    for step, paid, backend, calls in rows:
-        table.add_row(step, backend, str(calls) if paid else "0 (offline)")
-    return table
 
 
 def _memory_table(cfg: ExperimentConfig) -> Table:

@@ -37,9 +37,13 @@ class FactKind(str, Enum):
 # --------------------------------------------------------------------------- anatomy
 @dataclass
 class Fact:
+    """One sourced statement about a structure, and the records it holds for."""
+
     text: str = "???"
     kind: FactKind = FactKind.role
     source: str = "???"
+    side: Side = Side.both  # the procedure side it is true for: left, right or both
+    phases: list[str] = field(default_factory=list)  # the phases it is true in; empty: every phase
 
 
 @dataclass
@@ -63,8 +67,15 @@ class StructureSpec:
 @dataclass
 class AnatomyConfig:
     procedure: str = "Complete Mesocolic Excision"
+    scene: str = "{side}-sided CME"  # a record's procedure in prompts and requests; {side}: the record's side
     structures: dict[str, StructureSpec] = field(default_factory=dict)
     distractors: list[str] = field(default_factory=lambda: ["mesentery", "colon", "small bowel", "omentum"])
+    closings: list[str] = field(  # the offline teacher's last sentences, when an answer is short of teacher.min_words
+        default_factory=lambda: [
+            "Recognising it keeps the dissection in the correct embryological plane.",
+            "Identifying it early keeps the mesocolic envelope intact.",
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -121,8 +132,8 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     split_seed: int = 0
-    dsad_side: Side = Side.left  # DSAD is rectal surgery: the CME side to record for its frames
-    dsad_phase: str = "mesocolic dissection"
+    dsad_side: Side = Side.left  # DSAD's rectal resections are left-sided colorectal resections
+    dsad_phase: str = "mesocolic dissection"  # configs/data/dsad.yaml: empty, as DSAD labels no phase per frame
     on_invalid: OnInvalid = OnInvalid.stop  # bad rows or files; either way all are listed in <out>/invalid.csv
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     overlay: OverlayConfig = field(default_factory=OverlayConfig)

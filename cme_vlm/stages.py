@@ -145,12 +145,13 @@ STAGES: tuple[Stage, ...] = (
         "data", "01-data", ("data", "build"), "frames + masks -> instruction records (overlay, mask, prompt)",
         _build_records, (Input("frames", "frames-and-masks tree (manifest or DSAD layout)", "frames",
                                config_key="data.root"),),
-        reads=("anatomy.structures", "data"), writes=("dataset/",),
+        reads=("anatomy.structures", "anatomy.scene", "data"), writes=("dataset/",),
     ),
     Stage(
         "teacher", "02-teacher", ("teacher", "answer"), "teacher answers from text + binary mask only",
         _answer, (Input("dataset", "instruction dataset", "data", DATASET),),
-        reads=("anatomy.structures", "teacher"), writes=("dataset/", "summary.json", "journal.jsonl", "audit.jsonl"),
+        reads=("anatomy.structures", "anatomy.procedure", "anatomy.scene", "anatomy.closings", "teacher"),
+        writes=("dataset/", "summary.json", "journal.jsonl", "audit.jsonl"),
         keeps=("journal.jsonl", "audit.jsonl", "review", "dataset"),
     ),
     Stage(

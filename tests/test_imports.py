@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cme_vlm.evaluation",),
     ("cme_vlm.bench", "cme_vlm.inference"),
     ("cme_vlm.stages",),
+    ("cme_vlm.workload", "cme_vlm.comparison"),
     ("cme_vlm.planning",),
     ("cme_vlm.pipeline",),
     ("cme_vlm.cli",),

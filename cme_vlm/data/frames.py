@@ -1,4 +1,4 @@
-"""Frames and masks from disk: samples, loaders for a manifest or the DSAD layout, validation, splits.
+"""Frames and masks from disk: samples, the manifest loader, frame and mask readers, splits.
 
 A manifest (CSV or JSONL, UTF-8 with or without a byte-order mark) has one row per frame with
 the columns ``frame, masks, procedure, side, phase``; ``masks`` is a JSON object
@@ -14,9 +14,7 @@ only a manifest or folder that cannot be read at all raises at once.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +28,15 @@ from cme_vlm.data.validation import Problems
 from cme_vlm.errors import DataError
 from cme_vlm.schema import Side
 
-log = logging.getLogger(__name__)
-
 MANIFEST_COLUMNS = ("frame", "masks", "procedure", "side", "phase")
 SPLITS = ("train", "val", "test")
 _FRAME_MODES = {"RGB", "RGBA", "L", "P"}
 _MASK_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N"}  # one channel: 1-, 8-, 16- or 32-bit
 _MASK_FIX = "Save it as a single-channel 8-bit PNG with 0 for background and 255 for the structure."
+
+
+class EmptyMaskError(DataError):
+    """A mask that marks no pixel: a fault in a manifest, a structure out of view in a multi-organ set."""
 
 
 @dataclass
@@ -50,6 +50,7 @@ class FrameSample:
     phase: str
     name: str = ""  # the frame's identifier in its dataset (its path under the root)
     where: str = field(default="", compare=False)  # where it was listed, for error messages
+    optional: set[str] = field(default_factory=set)  # masks that may be empty: a multi-organ set's structure out of view
 
     def __post_init__(self) -> None:
         self.name = self.name or self.frame.as_posix()
@@ -100,7 +101,7 @@ def read_mask(path: str | Path, frame_shape: tuple[int, ...] | None = None) -> n
         )
     levels = np.unique(values).astype(np.int64)
     if levels.tolist() == [0]:
-        raise DataError(f"mask '{path}' is empty (all 0). Remove it from the manifest or redraw the annotation.")
+        raise EmptyMaskError(f"mask '{path}' is empty (all 0). Remove it from the manifest or redraw the annotation.")
     if levels.size != 2 or levels[0] != 0:
         shown = ", ".join(map(str, levels[:5].tolist())) + (", ..." if levels.size > 5 else "")
         raise DataError(
@@ -110,7 +111,8 @@ def read_mask(path: str | Path, frame_shape: tuple[int, ...] | None = None) -> n
     return values != 0
 
 
-def _side(value: Any, where: str) -> str:
+def side_value(value: Any, where: str) -> str:
+    """``value`` as a record's side, "left" or "right"; anything else is a ``DataError`` naming ``where``."""
     if value not in (Side.left.value, Side.right.value):
         raise DataError(f"{where}: side '{value}' must be 'left' or 'right' (the CME side of the procedure).")
     return str(value)
@@ -176,7 +178,7 @@ def _add_row(samples: dict[str, FrameSample], where: str, row: dict[str, Any], r
     if missing := [c for c in MANIFEST_COLUMNS if c != "masks" and row.get(c) in (None, "")]:
         raise DataError(f"{where} lacks column(s) {', '.join(missing)}. Required: {', '.join(MANIFEST_COLUMNS)}.")
     name, masks = str(row["frame"]), _masks_of(row, where)
-    listed = FrameSample(str(row["procedure"]), root / name, {}, _side(row["side"], where), str(row["phase"]), name, where)
+    listed = FrameSample(str(row["procedure"]), root / name, {}, side_value(row["side"], where), str(row["phase"]), name, where)
     sample = samples.setdefault(name, listed)
     if (sample.procedure, sample.side, sample.phase) != (listed.procedure, listed.side, listed.phase):
         raise DataError(
@@ -200,68 +202,6 @@ def load_manifest(path: str | Path, root: str | Path, anatomy: Anatomy, problems
     if not samples and not problems:
         raise DataError(f"manifest '{path}' lists no frames. Add one row per frame.")
     return [s for s in samples.values() if s.masks]
-
-
-def _dsad_pairs(folder: Path, problems: Problems) -> list[tuple[Path, Path]]:
-    """(imageNN.png, maskNN.png) pairs of one DSAD patient folder; a file without its partner is a problem."""
-    images = {p.name.removeprefix("image"): p for p in folder.glob("image*.png")}
-    masks = {p.name.removeprefix("mask"): p for p in folder.glob("mask*.png")}
-    for number in sorted(masks.keys() - images.keys()):
-        problems.add("DSAD file", masks[number], f"DSAD mask '{masks[number]}' has no frame 'image{number}' beside it. "
-                     "Restore the frame or remove the mask.")
-    for number in sorted(images.keys() - masks.keys()):
-        problems.add("DSAD file", images[number], f"DSAD frame '{images[number]}' has no mask beside it. "
-                     "Restore the mask or remove the frame.")
-    return [(images[n], masks[n]) for n in sorted(images.keys() & masks.keys())]
-
-
-def _dsad_skip_reason(folder: str, anatomy: Anatomy) -> str | None:
-    """Why a top-level DSAD folder is not read, or None when it holds a registry structure."""
-    if folder == "multilabel":
-        return "multi-organ masks; the single-structure folders are read instead"
-    if folder.startswith("anno_"):
-        return "per-annotator masks; the structure folders' masks are read instead"
-    if anatomy.lookup(folder) is None:
-        return "no structure in the registry; add synonyms to the registry to use it"
-    return None
-
-
-def _add_dsad_folder(samples: dict[tuple[str, str], FrameSample], patient: Path, key: str, root: Path,
-                     side: str, phase: str, problems: Problems) -> None:
-    """Add one patient's frames of structure ``key``; a frame already seen (same pixels) gets this mask too."""
-    procedure = f"dsad_{int(patient.name):02d}"
-    for image, mask in _dsad_pairs(patient, problems):
-        digest = hashlib.sha256(image.read_bytes()).hexdigest()[:16]
-        listed = FrameSample(procedure, image, {}, side, phase, image.relative_to(root).as_posix(), str(image))
-        sample = samples.setdefault((procedure, digest), listed)
-        problems.attempt("DSAD file", image, sample.add_mask, key, mask, f"DSAD frame '{image}' (same pixels as another)")
-
-
-def load_dsad(root: str | Path, anatomy: Anatomy, side: Side | str, phase: str, problems: Problems) -> list[FrameSample]:
-    """Frame samples from the Dresden Surgical Anatomy Dataset layout ``<structure>/<patient>/imageNN.png + maskNN.png``.
-
-    Structure folders map to registry keys through the registry's synonyms. The folders not
-    read (no registry structure, ``multilabel``, ``anno_*``) are listed with the reason in one
-    notice; files at the top level (``weak_labels.csv``) are ignored. A frame found in several
-    structure folders (identical bytes in one patient's folders) becomes one sample with several masks.
-    """
-    root, side = Path(root), _side(side.value if isinstance(side, Side) else side, "data.dsad_side")
-    if not root.is_dir():
-        raise DataError(f"DSAD root '{root}' is not a folder. Set data.root to the dataset's top folder.")
-    samples: dict[tuple[str, str], FrameSample] = {}
-    skipped: dict[str, list[str]] = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        if reason := _dsad_skip_reason(folder.name, anatomy):
-            skipped.setdefault(reason, []).append(folder.name)
-            continue
-        key = anatomy.resolve(folder.name)
-        for patient in sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()):
-            _add_dsad_folder(samples, patient, key, root, side, phase, problems)
-    if skipped:
-        log.warning("DSAD folders skipped: %s.", "; ".join(f"{', '.join(names)} ({why})" for why, names in skipped.items()))
-    if not samples and not problems:
-        raise DataError(f"DSAD root '{root}' holds no frames of registry structures. Check the path and the registry's synonyms.")
-    return list(samples.values())
 
 
 def split_by_procedure(procedures: Iterable[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:

@@ -26,7 +26,8 @@ from rich.table import Table
 
 from cme_vlm.anatomy import Anatomy
 from cme_vlm.config import save_config
-from cme_vlm.data.frames import FrameSample, load_dsad, load_manifest, read_frame, read_mask, split_by_procedure
+from cme_vlm.data.dsad import load_dsad
+from cme_vlm.data.frames import EmptyMaskError, FrameSample, load_manifest, read_frame, read_mask, split_by_procedure
 from cme_vlm.data.overlay import visual_prompt
 from cme_vlm.data.prompts import student_prompt
 from cme_vlm.data.records import RECORD_FEATURES, record_id, save_dataset
@@ -90,26 +91,42 @@ def _records(cfg: ExperimentConfig, samples: list[FrameSample], splits: dict[str
             yield {
                 "id": rid, "procedure": sample.procedure, "frame": sample.name, "structure": key,
                 "side": sample.side, "phase": sample.phase, "split": splits[sample.procedure],
-                "prompt": student_prompt(cfg.data.prompts, rid, sample.side, sample.phase),
+                "prompt": student_prompt(cfg.data.prompts, rid, anatomy.scene(sample.side), sample.phase),
                 "overlay": _png(overlay), "mask": _png(mask.astype(np.uint8) * 255),
                 "answer": "", "provenance": "", "teacher_model": "", "answered_at": "",
             }
         progress.advance(task)
 
 
+def _shows_structure(mask: Path, shape: tuple[int, ...] | None, optional: bool) -> bool:
+    """Whether a mask marks its structure; an empty optional mask (a multi-organ set's structure out of view) does not."""
+    try:
+        read_mask(mask, shape)
+    except EmptyMaskError:
+        if not optional:
+            raise
+        return False
+    return True
+
+
 def _readable(samples: list[FrameSample], problems: Problems) -> list[FrameSample]:
-    """The samples whose frame reads, each with the masks that read; every other file goes to ``problems``.
+    """The samples whose frame reads, each with the masks that read and mark something; every other file goes to ``problems``.
 
     A mask is checked even when its frame is not (without the size check), so one run finds both.
     """
-    kept = []
+    kept, out_of_view = [], 0
     with Progress(console=console, transient=True) as progress:
         for sample in progress.track(samples, description="checking frames and masks"):
             frame = problems.attempt("frame", sample.frame, read_frame, sample.frame)
             shape = None if frame is None else frame.shape
-            masks = {k: m for k, m in sample.masks.items() if problems.attempt("mask", m, read_mask, m, shape) is not None}
+            shown = {k: problems.attempt("mask", m, _shows_structure, m, shape, k in sample.optional)
+                     for k, m in sample.masks.items()}
+            out_of_view += sum(v is False for v in shown.values())
+            masks = {k: m for k, m in sample.masks.items() if shown[k]}
             if frame is not None and masks:
                 kept.append(replace(sample, masks=masks))
+    if out_of_view:
+        console.print(f"{out_of_view} multi-organ mask(s) mark nothing (structure not in view): no record for those")
     return kept
 
 

@@ -147,27 +147,29 @@ def structure_table(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]
     return header, rows
 
 
-def chart_figure(metrics: dict[str, Any]) -> Figure:
-    """The judge's composite per structure, one bar per model; the legend sits beside the axes, never on a bar."""
+def chart_figure(metrics: dict[str, Any], metric: str = "judge") -> Figure:
+    """``metric`` per structure, one bar per model (the judge's composite on 1–5, fractions on 0–1); the legend
+    sits beside the axes, never on a bar."""
     models = metrics["models"]
     structures = list(dict.fromkeys(s for m in models.values() for s in m["per_structure"]))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(structures) + 3), 3.6), dpi=100)
     width = 0.8 / max(1, len(models))
     for i, (name, model) in enumerate(models.items()):
-        values = [model["per_structure"].get(s, {}).get("judge", {}).get("mean", 0.0) or 0.0 for s in structures]
+        values = [model["per_structure"].get(s, {}).get(metric, {}).get("mean", 0.0) or 0.0 for s in structures]
         ax.bar([x + i * width for x in range(len(structures))], values, width, label=model_label(name))
     ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(structures))])
     ax.set_xticklabels([display_name(metrics, s) for s in structures], rotation=15)
-    ax.set_ylim(0, 5)
-    ax.set_ylabel(f"LLM judge (1–5, {metrics['provenance']['judge']})")
+    judged = metric == "judge"
+    ax.set_ylim(0, 5 if judged else 1)
+    ax.set_ylabel(f"LLM judge (1–5, {metrics['provenance']['judge']})" if judged else METRICS[metric])
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return fig
 
 
-def bar_chart(metrics: dict[str, Any]) -> bytes:
+def bar_chart(metrics: dict[str, Any], metric: str = "judge") -> bytes:
     """``chart_figure`` as a PNG."""
-    fig = chart_figure(metrics)
+    fig = chart_figure(metrics, metric)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)

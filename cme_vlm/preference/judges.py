@@ -1,7 +1,7 @@
 """The pair judges: the offline rubric (scores every option) and Gemini (one text-only request per ask).
 
 Both implement ``cme_vlm.preference.selection.PairJudge``. The Gemini judge sends only the
-structure, CME side, phase, the trainee's prompt, the ground-truth answer and the numbered
+structure, the procedure with its side, phase, the trainee's prompt, the ground-truth answer and the numbered
 candidates, through the teacher's guarded client (privacy guard, response journal, audit log).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from cme_vlm.anatomy import Anatomy
 from cme_vlm.errors import ConfigError
 from cme_vlm.preference.selection import PairContext, PairJudge, Verdict
 from cme_vlm.schema import ExperimentConfig, JudgeBackend
@@ -18,11 +19,11 @@ from cme_vlm.teacher.gemini import GeminiClient, TeacherFailure
 from cme_vlm.teacher.request import OutgoingRequest, RecordContext
 
 PAIR_SYSTEM_INSTRUCTION = (
-    "You are a senior colorectal surgeon and an expert in Complete Mesocolic Excision (CME). A trainee "
+    "You are a senior colorectal surgeon and an expert in {procedure}. A trainee "
     "model answered a question about one highlighted anatomical structure several times. You receive the "
-    "structure, the CME side, the phase, the question, a reference answer written by an expert, and the "
-    "numbered candidate answers. Judge each candidate by clinical accuracy (right structure, right side, "
-    "correct anatomy and relevance for CME) first and relevance and concision second; the order of the "
+    "structure, the procedure with its side, the phase, the question, a reference answer written by an expert, "
+    "and the numbered candidate answers. Judge each candidate by clinical accuracy (right structure, right side, "
+    "correct anatomy and relevance for this procedure) first and relevance and concision second; the order of the "
     "candidates means nothing. Designate the best candidate as 'accepted' and the worst as 'rejected' by "
     "their numbers, and give a one-sentence reason. If no candidate is clearly better than another, "
     "return 0 for both."
@@ -63,14 +64,15 @@ class RubricPairJudge:
 class GeminiPairJudge:
     """Asks Gemini, through the guarded client, for the best and worst of the numbered options."""
 
-    def __init__(self, client: GeminiClient, model: str, record: RecordContext | None = None) -> None:
+    def __init__(self, client: GeminiClient, model: str, anatomy: Anatomy, record: RecordContext | None = None) -> None:
         self.client = client
         self.name = model
+        self.anatomy = anatomy
         self.record = record
 
     def for_record(self, record: RecordContext) -> GeminiPairJudge:
         """The same judge bound to a record, whose identifiers the privacy guard checks against."""
-        return GeminiPairJudge(self.client, self.name, record)
+        return GeminiPairJudge(self.client, self.name, self.anatomy, record)
 
     def request(self, context: PairContext, options: list[str]) -> OutgoingRequest:
         if self.record is None:
@@ -78,10 +80,10 @@ class GeminiPairJudge:
         numbered = "\n".join(f"[{i}] {text}" for i, text in enumerate(options, start=1))
         return OutgoingRequest(
             purpose="pair_selection",
-            system=PAIR_SYSTEM_INSTRUCTION,
+            system=PAIR_SYSTEM_INSTRUCTION.format(procedure=self.anatomy.cfg.procedure),
             fields={
                 "structure": context.structure,
-                "side": f"{context.side}-sided CME",
+                "side": self.anatomy.scene(context.side),
                 "phase": context.phase,
                 "prompt": context.prompt,
                 "reference": context.ground_truth,
@@ -113,5 +115,5 @@ def make_pair_judge(cfg: ExperimentConfig, client: GeminiClient | None = None) -
                 "preference.judge=gemini needs the teacher's guarded GeminiClient; build one with "
                 "cme_vlm.teacher.gemini, or set preference.judge=rubric for the offline judge."
             )
-        return GeminiPairJudge(client, cfg.teacher.gemini.model)
+        return GeminiPairJudge(client, cfg.teacher.gemini.model, Anatomy(cfg.anatomy))
     return RubricPairJudge(make_judge(cfg, JudgeBackend.rubric))

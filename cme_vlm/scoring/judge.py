@@ -100,7 +100,7 @@ class RubricJudge:
             "exclusivity": rubric.exclusivity(self.anatomy, case.candidate, target),
             "laterality": rubric.laterality(case.candidate, case.side),
             "position": rubric.position(case.candidate, geometry.position) if geometry else (3, "no mask geometry"),
-            "facts": rubric.facts_covered(self.anatomy, case.candidate, target),
+            "facts": rubric.facts_covered(self.anatomy, case.candidate, target, case.side, case.phase),
             "conciseness": rubric.conciseness(case.candidate, case.reference),
         }
         criteria = {k: float(v[0]) for k, v in verdicts.items()}
@@ -119,17 +119,17 @@ class RubricJudge:
 
 
 JUDGE_SYSTEM = """You are a senior colorectal surgeon grading a trainee model's answer about one anatomical \
-structure highlighted in a laparoscopic frame during Complete Mesocolic Excision (CME). You do not see the \
-frame. You receive the highlighted structure, the CME side and phase, where the highlighted region lies, \
-an expert's reference answer, and the candidate answer to grade.
+structure highlighted in a laparoscopic frame during {procedure}. You do not see the \
+frame. You receive the highlighted structure, the procedure with its side, the phase, where the highlighted \
+region lies, an expert's reference answer, and the candidate answer to grade.
 
 Score each criterion from 1 (worst) to 5 (best):
 - identification: 5 if the candidate names the highlighted structure as what is shown and claims no other \
 structure instead; 1 if it names a different structure or none.
 - position: 5 if what it says about where the structure lies agrees with the region description and the \
-anatomy; 1 if it contradicts them, including calling a left-sided CME right-sided or the reverse.
-- significance: 5 if it explains correctly why the structure matters for CME (plane, landmark, pitfall), \
-as the reference does; 1 if the explanation is wrong or missing.
+anatomy; 1 if it contradicts them, including calling a left-sided procedure right-sided or the reverse.
+- significance: 5 if it explains correctly why the structure matters for this procedure (plane, landmark, \
+pitfall), as the reference does; 1 if the explanation is wrong or missing.
 - clinical: overall clinical and factual accuracy, judged on the three criteria above; an answer about \
 the wrong structure cannot score above 2.
 - conciseness: 5 for a focused answer without repetition or padding; 1 for repeated sentences or loops.
@@ -163,10 +163,10 @@ class GeminiJudge:
         context = case.context or RecordContext(record_id="", procedure="", frame="")
         return OutgoingRequest(
             purpose="judge",
-            system=JUDGE_SYSTEM,
+            system=JUDGE_SYSTEM.format(procedure=self.anatomy.cfg.procedure),
             fields={
                 "structure": self.anatomy.display(key),
-                "side": f"{case.side}-sided CME",
+                "side": self.anatomy.scene(case.side),
                 "phase": case.phase,
                 **({"prompt": case.prompt} if case.prompt else {}),
                 "region": case.geometry_text,

@@ -130,16 +130,20 @@ def _stems(text: str) -> set[str]:
     return {w[:5] for w in _WORD.findall(text.lower()) if len(w) >= 5 and w not in _STOPWORDS}
 
 
-def facts_covered(anatomy: Anatomy, text: str, target: str) -> Verdict:
-    """How many registry facts about the target the answer conveys: 0 -> 1, 1 -> 3, 2 or more -> 5."""
+def facts_covered(anatomy: Anatomy, text: str, target: str, side: str, phase: str) -> Verdict:
+    """How many registry facts true for the record's side and phase the answer conveys: 0 -> 1, 1 -> 3, 2 or more -> 5.
+
+    A fact of the other side is no credit: it is not true for this record.
+    """
     answer = _stems(text)
+    facts = anatomy.facts_for(target, side, phase)
     covered = 0
-    for fact in anatomy[target].facts:
+    for fact in facts:
         words = _stems(fact.text)
         if words and len(words & answer) / len(words) >= 0.5:
             covered += 1
     score = 1 + round(4 * min(1.0, covered / 2))
-    return score, f"covers {covered} of {len(anatomy[target].facts)} registry facts"
+    return score, f"covers {covered} of {len(facts)} registry facts true for this record"
 
 
 def repetition_rate(text: str, n: int = 3) -> float:

@@ -14,7 +14,7 @@ import random
 
 from cme_vlm.anatomy import Anatomy
 from cme_vlm.data.geometry import MaskGeometry
-from cme_vlm.schema import FactKind, Side, TeacherConfig
+from cme_vlm.schema import FactKind, TeacherConfig
 from cme_vlm.teacher.backend import TeacherResult
 from cme_vlm.teacher.cache import Journal, JournalEntry
 from cme_vlm.teacher.request import TeacherRequest
@@ -32,15 +32,11 @@ POSITION = (
     "It occupies the {where} of the image, {shape}.",
 )
 SIDE = (
-    "In this {side}-sided CME, {fact}",
-    "During {side}-sided CME, {fact}",
-    "For a {side}-sided CME this matters: {fact}",
+    "In this {scene}, {fact}",
+    "During {scene}, {fact}",
+    "For a {scene} this matters: {fact}",
 )
 PITFALL = ("Pitfall: {fact}", "A common pitfall: {fact}", "Be careful here: {fact}")
-CLOSING = (
-    "Recognising it keeps the dissection in the correct embryological plane.",
-    "Identifying it early keeps the mesocolic envelope intact.",
-)
 ADVERBS = {"horizontal": "horizontally", "vertical": "vertically"}
 
 
@@ -82,15 +78,10 @@ class OfflineTeacher:
             self.journal.put(entry)
         return TeacherResult(entry.data["answer"], "", cached, self.model, entry.time)
 
-    def _facts(self, request: TeacherRequest, kinds: tuple[FactKind, ...]) -> list[str]:
-        """The structure's facts of ``kinds`` that do not contradict the record's CME side."""
-        side = Side(request.side) if request.side in Side.__members__ else None
-        kept = []
-        for fact in self.anatomy[request.structure].facts:
-            named = Anatomy.sides_named(fact.text)
-            if fact.kind in kinds and (not named or side is None or side in named):
-                kept.append(fact.text)
-        return kept
+    @staticmethod
+    def _facts(request: TeacherRequest, kinds: tuple[FactKind, ...]) -> list[str]:
+        """The request's facts (those true for the record's side and phase) of ``kinds``."""
+        return [fact.text for fact in request.facts if fact.kind in kinds]
 
     def compose(self, request: TeacherRequest) -> str:
         """The answer text, within ``min_words``..``max_words`` where the registry allows."""
@@ -105,13 +96,13 @@ class OfflineTeacher:
         pitfalls = self._facts(request, (FactKind.pitfall,))
         if significance:
             lead = significance.pop(0)
-            head.append(rng.choice(SIDE).format(side=request.side, fact=_lower_first(lead)))
+            head.append(rng.choice(SIDE).format(scene=request.scene, fact=_lower_first(lead)))
         tail = [rng.choice(PITFALL).format(fact=_lower_first(rng.choice(pitfalls)))] if pitfalls else []
         rng.shuffle(significance)
         for fact in significance:
             if _words(head + [fact] + tail) <= self.cfg.max_words:
                 head.append(fact)
-        closing = list(CLOSING)
+        closing = list(self.anatomy.cfg.closings)
         rng.shuffle(closing)
         while _words(head + tail) < self.cfg.min_words and closing:
             tail.append(closing.pop())

@@ -22,19 +22,21 @@ from PIL import Image
 from cme_vlm.anatomy import Anatomy
 from cme_vlm.data.geometry import MaskGeometry, mask_geometry
 from cme_vlm.errors import DataError
+from cme_vlm.schema import Fact
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CRITICAL_CHUNKS = (b"IHDR", b"IDAT", b"IEND")
 
 SYSTEM_INSTRUCTION = (
-    "You are a senior colorectal surgeon and an expert in Complete Mesocolic Excision (CME). "
+    "You are a senior colorectal surgeon and an expert in {procedure}. "
     "A trainee looks at a laparoscopic frame in which one anatomical structure is highlighted by a "
-    "semi-transparent green overlay. You do not see the frame; you receive the structure, the CME side, "
-    "the phase, the trainee's question, the binary mask of the highlighted region and a description of "
-    "its geometry. Answer exactly as an expert looking at the overlay image should answer the trainee: "
-    "the first sentence identifies the structure by name, then say where it lies, why it matters for "
-    "this side of CME, and one pitfall. Write {min_words} to {max_words} words of plain prose, no lists, "
-    "and do not mention the mask, the overlay data or that you cannot see the image."
+    "semi-transparent green overlay. You do not see the frame; you receive the structure, the procedure and "
+    "its side, the phase, facts about the structure that hold for this procedure and side, the trainee's "
+    "question, the binary mask of the highlighted region and a description of its geometry. Answer exactly as "
+    "an expert looking at the overlay image should answer the trainee: the first sentence identifies the "
+    "structure by name, then say where it lies, why it matters for this procedure and side, and one pitfall. "
+    "Write {min_words} to {max_words} words of plain prose, no lists, and do not mention the mask, the overlay "
+    "data or that you cannot see the image."
 )
 
 
@@ -130,23 +132,25 @@ class TeacherRequest:
 
     structure: str  # registry key
     display_name: str
-    facts: tuple[str, ...]
+    facts: tuple[Fact, ...]  # only those true for the record's side and phase (Anatomy.facts_for)
     side: str
     phase: str
     prompt: str
     geometry: MaskGeometry
     mask_png: bytes
+    procedure: str  # anatomy.procedure, e.g. "Complete Mesocolic Excision"
+    scene: str  # the record's procedure and side in words (Anatomy.scene), e.g. "left-sided CME"
     context: RecordContext = field(repr=False, compare=False)
 
     def outgoing(self, min_words: int, max_words: int) -> OutgoingRequest:
         """The request as it is sent to a remote teacher."""
         return OutgoingRequest(
             purpose="teacher",
-            system=SYSTEM_INSTRUCTION.format(min_words=min_words, max_words=max_words),
+            system=SYSTEM_INSTRUCTION.format(procedure=self.procedure, min_words=min_words, max_words=max_words),
             fields={
                 "structure": self.display_name,
-                "facts": " ".join(self.facts),
-                "side": f"{self.side}-sided CME",
+                "facts": " ".join(f.text for f in self.facts),
+                "side": self.scene,
                 "phase": self.phase,
                 "prompt": self.prompt,
                 "geometry": self.geometry.describe(),
@@ -164,11 +168,13 @@ def build_teacher_request(row: dict[str, Any], anatomy: Anatomy) -> TeacherReque
     return TeacherRequest(
         structure=key,
         display_name=spec.display_name,
-        facts=tuple(f.text for f in spec.facts),
+        facts=tuple(anatomy.facts_for(key, row["side"], row["phase"])),
         side=row["side"],
         phase=row["phase"],
         prompt=row["prompt"],
         geometry=mask_geometry(context.mask),
         mask_png=encode_mask(context.mask),
+        procedure=anatomy.cfg.procedure,
+        scene=anatomy.scene(row["side"]),
         context=context,
     )

@@ -43,7 +43,8 @@ def write_manifest_tree(root: Path, n_procedures: int = 3, frames_per: int = 2) 
 
 
 def write_dsad_tree(root: Path) -> None:
-    """DSAD layout: two registry structures (one frame shared), an unknown folder and the ignored extras."""
+    """DSAD layout read with the CME registry: two registry structures (one frame shared), an unknown folder, two
+    multilabel frames (one new, one repeating a pancreas frame) and the extras that are not read."""
     for patient in ("01", "03"):
         for n in range(2):
             write_frame(root / "pancreas" / patient / f"image{n:02d}.png", value=10 * n + int(patient))
@@ -54,7 +55,15 @@ def write_dsad_tree(root: Path) -> None:
     write_frame(root / "colon" / "01" / "image00.png")
     write_mask(root / "colon" / "01" / "mask00.png")
     write_mask(root / "anno_1" / "pancreas" / "01" / "mask00.png", box=(0, 0, 0, 0))
-    write_frame(root / "multilabel" / "01" / "image00.png")
+    # multilabel: a new frame with two registry structures, one out of view (all 0) and one the registry lacks
+    write_frame(root / "multilabel" / "03" / "image00.png", value=77)
+    write_mask(root / "multilabel" / "03" / "mask00_pancreas.png")
+    write_mask(root / "multilabel" / "03" / "mask00_intestinal_veins.png", box=(10, 10, 15, 15))
+    write_mask(root / "multilabel" / "03" / "mask00_duodenum.png", box=(0, 0, 0, 0))
+    write_mask(root / "multilabel" / "03" / "mask00_colon.png")
+    # ... and the pixels of pancreas/01/image00.png again, with its pancreas mask
+    write_frame(root / "multilabel" / "01" / "image04.png", value=1)
+    write_mask(root / "multilabel" / "01" / "mask04_pancreas.png", box=(3, 3, 9, 9))
     (root / "weak_labels.csv").write_text("image,colon\n")
 
 

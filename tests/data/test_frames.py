@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 from PIL import Image
 
 from cme_vlm.anatomy import Anatomy
-from cme_vlm.data.frames import load_dsad, load_manifest, read_frame, read_mask, split_by_procedure
+from cme_vlm.data.frames import load_manifest, read_frame, read_mask, split_by_procedure
 from cme_vlm.data.validation import Problems
 from cme_vlm.errors import DataError
 
@@ -188,41 +187,6 @@ def test_every_two_valued_single_channel_mask_is_read(tmp_path: Path, image: Ima
     mask = read_mask(tmp_path / f"mask.{suffix}", (16, 20, 3))
     assert mask.dtype == bool
     np.testing.assert_array_equal(mask, _box(bool, True))
-
-
-def test_dsad_layout(trees, tmp_path: Path, anatomy: Anatomy, caplog: pytest.LogCaptureFixture):
-    trees.dsad(tmp_path)
-    problems = Problems()
-    with caplog.at_level(logging.WARNING):
-        samples = load_dsad(tmp_path, anatomy, "left", "mesocolic dissection", problems)
-    assert not problems.found
-    assert caplog.text.count("skipped") == 1
-    assert all(re.search(rf"{name} \(\w+", caplog.text) for name in ("colon", "multilabel", "anno_1")), caplog.text
-    assert len(samples) == 4
-    assert {s.procedure for s in samples} == {"dsad_01", "dsad_03"}
-    shared = [s for s in samples if len(s.masks) == 2]
-    assert len(shared) == 1
-    assert shared[0].masks["inferior_mesenteric_vein"].name == "mask07.png"
-    assert shared[0].masks["pancreas"].name == "mask01.png"
-    assert all(s.side == "left" and s.phase == "mesocolic dissection" for s in samples)
-
-
-def test_dsad_problems(trees, tmp_path: Path, anatomy: Anatomy):
-    with pytest.raises(DataError, match="not a folder"):
-        load_dsad(tmp_path / "nowhere", anatomy, "left", "x", Problems())
-    trees.dsad(tmp_path)
-    trees.mask(tmp_path / "pancreas" / "01" / "mask04.png")
-    trees.frame(tmp_path / "pancreas" / "03" / "image05.png")
-    trees.frame(tmp_path / "pancreas" / "03" / "image06.png", value=10 * 1 + 3)  # the pixels of image01.png
-    trees.mask(tmp_path / "pancreas" / "03" / "mask06.png")
-    problems = Problems()
-    samples = load_dsad(tmp_path, anatomy, "left", "x", problems)
-    messages = [p.message for p in problems.found]
-    assert len(messages) == 3, messages
-    assert re.search("mask04.png' has no frame 'image04.png'", messages[0])
-    assert re.search("image05.png' has no mask beside it", messages[1])
-    assert re.search("image06.png' .*duplicate record, frame 'pancreas/03/image01.png' .* 'pancreas' mask", messages[2])
-    assert len(samples) == 4  # the valid frames are all still there
 
 
 def test_split_by_procedure():

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from collections import Counter
 
+from cme_vlm.anatomy import Anatomy
+from cme_vlm.config import load_config
 from cme_vlm.data.prompts import choose_prompt, context_line, student_prompt
 from cme_vlm.schema import PromptConfig
 
@@ -39,9 +41,16 @@ def test_seed_changes_the_choice():
 
 
 def test_context_line_is_optional():
-    with_context = student_prompt(PromptConfig(), "x", "left", "mesocolic dissection")
+    with_context = student_prompt(PromptConfig(), "x", "left-sided CME", "mesocolic dissection")
     assert with_context.endswith("\nContext: left-sided CME, phase: mesocolic dissection.")
-    without = student_prompt(PromptConfig(include_context=False), "x", "left", "mesocolic dissection")
+    without = student_prompt(PromptConfig(include_context=False), "x", "left-sided CME", "mesocolic dissection")
     assert without == choose_prompt(PromptConfig(), "x")
-    assert context_line("right", "") == "Context: right-sided CME."
+    assert context_line("right-sided CME", "") == "Context: right-sided CME."
     assert context_line("", "") == ""
+
+
+def test_the_registry_names_the_procedure_of_the_context():
+    cme, dsad = (Anatomy(load_config(None, [f"anatomy={name}"]).anatomy) for name in ("cme", "dsad"))
+    assert context_line(cme.scene("right"), "") == "Context: right-sided CME."
+    assert cme.scene("") == ""  # an unknown side names no side
+    assert context_line(dsad.scene("left"), "") == "Context: robot-assisted rectal resection."

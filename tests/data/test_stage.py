@@ -22,6 +22,8 @@ from cme_vlm.data.stage import INVALID_FILE, build
 from cme_vlm.errors import DataError
 from cme_vlm.schema import DataSource, OnInvalid
 
+from .dsad_tree import STRUCTURES, write_dsad_layout
+
 
 def test_built_dataset_records(built_dataset: Path):
     ds = load_dataset(built_dataset)
@@ -199,8 +201,27 @@ def test_dsad_build(trees, cfg, tmp_path: Path):
     cfg.data.image_size = 32
     build(cfg, tmp_path / "dsad", tmp_path / "out")
     ds = load_dataset(tmp_path / "out")
-    assert len(ds) == 5
+    assert len(ds) == 7  # 5 from the structure folders, 2 from the new multilabel frame (its empty mask makes none)
     assert set(ds["procedure"]) == {"dsad_01", "dsad_03"} and set(ds["side"]) == {"left"}
+    assert sorted(r["structure"] for r in ds if r["frame"].startswith("multilabel/")) == ["inferior_mesenteric_vein",
+                                                                                          "pancreas"]
+
+
+@pytest.mark.slow
+def test_dsad_experiment_builds_every_structure_and_names_the_rectal_resection(tmp_path: Path):
+    counts = write_dsad_layout(tmp_path / "dsad", frames=88, surgeries=6)
+    experiment = Path(__file__).resolve().parents[2] / "experiments" / "dsad.yaml"
+    args = ["data", "build", "--config", str(experiment), f"data.root={tmp_path / 'dsad'}", "data.image_size=32",
+            "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    ds = load_dataset(tmp_path / "out")
+    assert len(ds) == counts.records and sorted(set(ds["structure"])) == sorted(STRUCTURES)
+    assert any(r["frame"].startswith("multilabel/") for r in ds)
+    by_split = {split: {p for p, s in zip(ds["procedure"], ds["split"], strict=True) if s == split}
+                for split in ("train", "val", "test")}
+    assert all(by_split.values()) and not set.intersection(*by_split.values())  # no surgery in two splits
+    assert all(p.endswith("\nContext: robot-assisted rectal resection.") for p in ds["prompt"]), ds["prompt"][0]
+    assert not any("CME" in p or "Mesocolic" in p or "mesocolic" in p for p in ds["prompt"])
 
 
 def test_missing_synthetic_tree_says_what_to_run(cfg, tmp_path: Path):

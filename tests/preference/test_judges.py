@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from cme_vlm.anatomy import Anatomy
 from cme_vlm.errors import ConfigError
 from cme_vlm.preference.judges import GeminiPairJudge, make_pair_judge
 from cme_vlm.preference.selection import PairContext
@@ -33,7 +34,7 @@ def test_rubric_pair_judge_prefers_the_right_structure(cfg) -> None:
 
 def test_gemini_pair_request_is_text_only_and_passes_the_guard(cfg) -> None:
     record = RecordContext("r1", "P07", "frame_0012.png")
-    judge = GeminiPairJudge(client=None, model="gemini-2.5-flash").for_record(record)
+    judge = GeminiPairJudge(client=None, model="gemini-2.5-flash", anatomy=Anatomy(cfg.anatomy)).for_record(record)
     request = judge.request(CTX, ["first answer", "second answer"])
     assert request.purpose == "pair_selection" and request.masks == ()
     assert set(request.fields) == {"structure", "side", "phase", "prompt", "reference", "candidates"}
@@ -65,7 +66,7 @@ def test_gemini_pair_judge_through_the_fake_endpoint(cfg, tmp_path, monkeypatch)
     pref = replace(cfg.preference, two_pass=True)
     with FakeGemini(answer=by_content) as fake:
         client = GeminiClient(replace(g, base_url=fake.url), tmp_path / "journal.jsonl", tmp_path / "audit.jsonl")
-        judge = GeminiPairJudge(client, g.model).for_record(RecordContext("r1", "P07", "frame_0012.png"))
+        judge = GeminiPairJudge(client, g.model, Anatomy(cfg.anatomy)).for_record(RecordContext("r1", "P07", "frame_0012.png"))
         sel = select_pair(judge, CTX, ["This is the mesentery.", "A vessel."], pref, "r1")
         assert sel.ok and sel.accepted == GT and sel.rejected == "This is the mesentery."
         assert len(fake.calls) == 2  # two orders, one request each
@@ -86,7 +87,7 @@ def test_gemini_pair_judge_keeps_a_record_out_only_for_a_final_failure(cfg, tmp_
     options = ["This is the mesentery.", GT]
     with FakeGemini(answer=lambda body: {"accepted": 2, "rejected": 1, "reason": "names the vein"}) as fake:
         client = GeminiClient(replace(g, base_url=fake.url), tmp_path / "journal.jsonl", tmp_path / "audit.jsonl")
-        judge = GeminiPairJudge(client, g.model).for_record(RecordContext("r1", "P07", "frame_0012.png"))
+        judge = GeminiPairJudge(client, g.model, Anatomy(cfg.anatomy)).for_record(RecordContext("r1", "P07", "frame_0012.png"))
         fake.queue(Fault.blocked())
         verdict = judge.choose(CTX, options)
         assert verdict.accepted is None and verdict.reason == "no verdict from gemini-2.5-flash: blocked:SAFETY (final)"

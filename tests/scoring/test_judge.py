@@ -142,3 +142,12 @@ def test_make_judge_defaults_to_the_config(cfg):
     assert isinstance(make_judge(cfg), RubricJudge)
     with pytest.raises(ConfigError, match="workdir"):
         make_judge(cfg, "gemini")
+
+
+def test_a_fact_of_the_other_side_earns_no_credit(anatomy, lower_left):
+    splenic = ("The highlighted structure is the pancreas. During splenic-flexure mobilisation the lesser sac is entered "
+               "at its inferior border and the transverse mesocolon is lifted off it. Its lower border marks the level "
+               "of high IMV ligation in left-sided CME.")
+    for side, credit in (("left", 5), ("right", 1)):
+        verdict = judge(anatomy).score(JudgeCase("pancreas", side, "mesocolic dissection", lower_left, splenic, splenic))
+        assert verdict.criteria["facts"] == credit, side

@@ -8,6 +8,7 @@ import shutil
 import pytest
 from fake_gemini import FakeGemini
 
+from cme_vlm.anatomy import Anatomy
 from cme_vlm.cli import main
 from cme_vlm.data.records import load_dataset
 from cme_vlm.errors import PrivacyError
@@ -109,7 +110,7 @@ def test_the_audit_reads_the_pair_judges_and_the_evaluation_judges_logs_too(gemi
         g.base_url = fake.url
         make_judge(gemini_cfg, JudgeBackend.gemini, workdir=gemini_run / "06-eval").score(JudgeCase.from_row(row, "A."))
         client = GeminiClient(g, gemini_run / "04-preference" / "journal.jsonl", gemini_run / "04-preference" / "audit.jsonl")
-        pair = GeminiPairJudge(client, g.model).for_record(RecordContext.from_row(row))
+        pair = GeminiPairJudge(client, g.model, Anatomy(gemini_cfg.anatomy)).for_record(RecordContext.from_row(row))
         pair.choose(PairContext(row["structure"], row["side"], row["phase"], row["prompt"], row["answer"]), ["A.", "B."])
     report = audit_run(gemini_cfg, gemini_run, gemini_run / "01-data")
     assert [f["path"] for f in report["files"]] == ["02-teacher/audit.jsonl", "04-preference/audit.jsonl",
