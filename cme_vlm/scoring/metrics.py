@@ -151,6 +151,14 @@ def _scorer(weights: str, num_layers: int, baseline: str | None, batch_size: int
         raise ConfigError(f"eval.bertscore.num_layers={num_layers}: {e}. Pick a layer the model has.") from None
 
 
+def _empty_f1(scorer: Any) -> float:
+    """The F1 of a candidate that matches nothing: 0, or its rescaled value ``(0 - b) / (1 - b)`` with the baseline."""
+    if not scorer.rescale_with_baseline:
+        return 0.0
+    b = float(scorer.baseline_vals[2])
+    return -b / (1 - b)
+
+
 def bertscore(candidates: list[str], references: list[str], cfg: BertScoreConfig) -> BertScoreResult:
     """BERTScore F1 of each candidate against its reference, with the configured local model and layer."""
     _check_lengths(candidates, references)
@@ -159,7 +167,10 @@ def bertscore(candidates: list[str], references: list[str], cfg: BertScoreConfig
     f1: list[float] = []
     if candidates:
         scorer = _scorer(str(weights), cfg.num_layers, baseline, cfg.batch_size)
-        # BERTScore of an empty string is undefined; score it as a single space so it gets a low value
-        _, _, f = scorer.score([c or " " for c in candidates], [r or " " for r in references])
-        f1 = [float(v) for v in f.tolist()]
+        f1 = [_empty_f1(scorer)] * len(candidates)  # an empty answer (bert-score cannot embed one) matches nothing
+        said = [i for i, c in enumerate(candidates) if c.strip()]
+        if said:
+            _, _, f = scorer.score([candidates[i] for i in said], [references[i] or " " for i in said])
+            for i, v in zip(said, f.tolist(), strict=True):
+                f1[i] = float(v)
     return BertScoreResult(f1=f1, model=cfg.model, num_layers=cfg.num_layers, rescaled=cfg.rescale_with_baseline)
