@@ -150,7 +150,7 @@ TOOLS: tuple[Command, ...] = (
     Command(("bench",), "time SFT, DPO and generation steps; print a table and write JSON", _bench, (),
             (Flag("out", "output folder for bench.json", Path), Flag("steps", "timed steps (medians)", int, 10),
              Flag("only", "comma-separated subset of sft,dpo,generate"),
-             Flag("memory", "measure one SFT and one DPO step's peak memory on fake tensors for the dry-run",
+             Flag("memory", "measure one SFT and one DPO step's and explain's peak memory on fake tensors for the dry-run",
                   switch=True))),
     Command(("run",), "the whole pipeline, each stage skipped when its output is up to date", _pipeline, (),
             (Flag("dry_run", "print the plan, teacher calls and memory; run nothing", switch=True),

@@ -25,11 +25,17 @@ PAPER_LEVERS = ["optimizer=kahan_adamw", "gradient_release=true", "grad_clip=0",
                 "checkpoint_every.language_model=2"]
 
 
+DPO_LEVERS = [f"dpo.{lever}" for lever in PAPER_LEVERS]
+NEW_FAMILIES = ["tiny_gemma3", "tiny_internvl", "tiny_llava_onevision", "tiny_smolvlm", "tiny_qwen3_5"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("stage", "levers"), [("sft", []), ("dpo", [f"dpo.{lever}" for lever in PAPER_LEVERS])],
-                         ids=["sft-demo-settings", "dpo-paper-levers"])
-def test_fake_measurement_agrees_with_real_allocation_on_tiny(stage: str, levers: list[str], tmp_path: Path):
-    cfg = load_config(None, ["model=tiny", *levers])
+@pytest.mark.parametrize(("model", "stage", "levers"), [
+    ("tiny", "sft", []), ("tiny", "dpo", DPO_LEVERS), *[(name, "dpo", DPO_LEVERS) for name in NEW_FAMILIES],
+], ids=["tiny-sft-demo-settings", "tiny-dpo-paper-levers", *[f"{name}-dpo-paper-levers" for name in NEW_FAMILIES]])
+def test_fake_measurement_agrees_with_real_allocation(model: str, stage: str, levers: list[str], tmp_path: Path):
+    """Every family's step, from its vision tower to its decoder, runs on fake tensors exactly as for real."""
+    cfg = load_config(None, [f"model={model}", *levers])
     (fake,) = record_step_memory(cfg, (stage,), folder=tmp_path)
     real = measure_step_memory(cfg, stage, fake=False)
     assert fake.peak == pytest.approx(real.peak, rel=MARGIN)
