@@ -37,18 +37,20 @@ def answer_text(loaded: LoadedModel, prompt: str, answer: str) -> str:
     """The text the chat template puts after ``prompt``'s generation prompt for ``answer``, through the end-of-turn token.
 
     E.g. ``"The IMV.<|im_end|>"`` for ChatML, ``" The IMV.<end_of_utterance>"`` for SmolVLM's
-    ``Assistant:`` turns: what the model is trained to write after the prompt it is given.
+    ``Assistant:`` turns: what the model is trained to write after the prompt it is given. A template
+    that does not write the end token itself (LLaVA-1.5's stops at the answer) has it appended:
+    the model must learn to stop.
     """
     head = prompt_texts(loaded, [prompt])[0]
     full = loaded.processor.apply_chat_template(loaded.adapter.messages(prompt, answer), tokenize=False)
-    end = loaded.adapter.end_token
     tail = full[len(head):] if full.startswith(head) else ""
-    if answer not in tail or end not in tail[tail.index(answer) + len(answer):]:
+    if answer not in tail:
         raise ModelError(
             f"the chat template of this {loaded.adapter.family.value} model does not continue the prompt with the "
-            f"answer and '{end}' (it rendered {full[-120:]!r}). Use the model folder's own chat_template."
+            f"answer (it rendered {full[-120:]!r}). Use the model folder's own chat_template."
         )
-    return tail[: tail.index(end, tail.index(answer) + len(answer)) + len(end)]
+    end, after = loaded.adapter.end_token, tail.index(answer) + len(answer)
+    return tail[: tail.index(end, after) + len(end)] if end in tail[after:] else tail[:after] + end
 
 
 @dataclass
