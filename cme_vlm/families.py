@@ -227,6 +227,25 @@ FAMILIES: dict[ModelFamily, Family] = {
         lora_targets={"vision_encoder": SIGLIP_LORA, "merger": ("modality_projection.proj",),
                       "language_model": ATTENTION_LORA},
     ),
+    ModelFamily.llava: Family(
+        ModelFamily.llava, "llava", "</s>",
+        OfflineFormat(
+            special_tokens=("<unk>", "<s>", "</s>", "<image>"), named_tokens={"image_token": "<image>"},
+            pad_token="<unk>", bos_token="<s>",
+            chat_template=(  # LLaVA-1.5's own: "USER: <image>\nprompt ASSISTANT: answer</s>"
+                "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
+                "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>\n"
+                "{% elif c['type'] == 'text' %}{{ c['text'] + ' ' }}{% endif %}{% endfor %}"
+                "{% if message['role'] == 'assistant' %}</s>{% endif %}{% endfor %}"
+                "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+            ),
+            config_tokens={"image_token_id": "<image>", "text_config.bos_token_id": "<s>",
+                           "text_config.eos_token_id": "</s>", "text_config.pad_token_id": "<unk>"},
+        ),
+        lora_targets={"vision_encoder": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                         "self_attn.out_proj"),
+                      "merger": ("linear_1", "linear_2"), "language_model": ATTENTION_LORA},
+    ),
 }
 
 

@@ -176,6 +176,7 @@ class ModelFamily(str, Enum):
     internvl = "internvl"
     llava_onevision = "llava_onevision"
     smolvlm = "smolvlm"
+    llava = "llava"  # LLaVA-1.5 (and LLaVA-Med-style derivatives in transformers' format)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from cme_vlm.models.loading import LoadedModel
 
 # one per family: the Qwen-VL ones beside Gemma 3 (MedGemma), InternVL, LLaVA-OneVision, SmolVLM and Qwen3.5
 TINY_FAMILIES = ("tiny", "tiny_qwen2_vl", "tiny_qwen3_vl", "tiny_qwen3_5", "tiny_gemma3", "tiny_internvl",
-                 "tiny_llava_onevision", "tiny_smolvlm")
+                 "tiny_llava_onevision", "tiny_smolvlm", "tiny_llava")
 
 
 @functools.cache
