@@ -232,11 +232,10 @@ FAMILIES: dict[ModelFamily, Family] = {
         OfflineFormat(
             special_tokens=("<unk>", "<s>", "</s>", "<image>"), named_tokens={"image_token": "<image>"},
             pad_token="<unk>", bos_token="<s>",
-            chat_template=(  # LLaVA-1.5's own: "USER: <image>\nprompt ASSISTANT: answer</s>"
+            chat_template=(  # LLaVA-1.5's own: "USER: <image>\nprompt ASSISTANT: answer", no end token
                 "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
                 "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>\n"
-                "{% elif c['type'] == 'text' %}{{ c['text'] + ' ' }}{% endif %}{% endfor %}"
-                "{% if message['role'] == 'assistant' %}</s>{% endif %}{% endfor %}"
+                "{% elif c['type'] == 'text' %}{{ c['text'] + ' ' }}{% endif %}{% endfor %}{% endfor %}"
                 "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
             ),
             config_tokens={"image_token_id": "<image>", "text_config.bos_token_id": "<s>",
