@@ -82,15 +82,21 @@ QWEN_TOKENS = (
 QWEN_FIRST_SPECIAL_ID = 151643  # where Qwen2/2.5/3-VL put <|endoftext|>
 
 
-def chatml(image: str) -> str:
-    """The ChatML turns Qwen-based models use (system turn omitted), with ``image`` for the image."""
+def contents(image: str) -> str:
+    """A chat template's rendering of one message's content, in order: its text, or ``image`` for an image."""
     return (
-        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
         "{% if message['content'] is string %}{{ message['content'] }}"
         "{% else %}{% for c in message['content'] %}"
         f"{{% if c['type'] == 'image' %}}{image}"
         "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+def chatml(image: str) -> str:
+    """The ChatML turns Qwen-based models use (system turn omitted), with ``image`` for the image."""
+    return (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n" + contents(image)
+        + "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
 
 
@@ -149,11 +155,8 @@ FAMILIES: dict[ModelFamily, Family] = {
             pad_token="<pad>", bos_token="<bos>",
             chat_template=(
                 "{{ bos_token }}{% for message in messages %}<start_of_turn>"
-                "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
-                "{% if message['content'] is string %}{{ message['content'] }}"
-                "{% else %}{% for c in message['content'] %}{% if c['type'] == 'image' %}<start_of_image>"
-                "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-                "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+                "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n" + contents("<start_of_image>")
+                + "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
             ),
             config_tokens={"image_token_id": "<image_soft_token>", "boi_token_id": "<start_of_image>",
                            "eoi_token_id": "<end_of_image>", "text_config.bos_token_id": "<bos>",
