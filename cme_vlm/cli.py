@@ -169,7 +169,7 @@ TOOLS: tuple[Command, ...] = (
     Command(("bench",), "time SFT, DPO and generation steps; print a table and write JSON", _bench, (),
             (Flag("out", "output folder for bench.json", Path), Flag("steps", "timed steps (medians)", int, 10),
              Flag("only", "comma-separated subset of sft,dpo,generate"),
-             Flag("memory", "measure one SFT and one DPO step's peak memory on fake tensors for the dry-run",
+             Flag("memory", "measure one SFT and one DPO step's and explain's peak memory on fake tensors for the dry-run",
                   switch=True)), computes=True),
     Command(("compare",), "several runs' Table 1 side by side, paired tests between runs, config differences (local report)",
             _compare, (), (Flag("out", "report folder (default: <output_dir>/compare-<time>)", Path),), positional=RUNS),

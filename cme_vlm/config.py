@@ -25,7 +25,8 @@ from cme_vlm import atomic
 from cme_vlm.anatomy import registry_problems
 from cme_vlm.config_files import GROUP_FOLDERS, ConfigSearch, find_experiment
 from cme_vlm.errors import ConfigError
-from cme_vlm.schema import CacheKind, ExperimentConfig, Switch
+from cme_vlm.families import Capability, refusals
+from cme_vlm.schema import CacheKind, ComponentMode, ExperimentConfig, Switch
 
 CONFIG_FILENAME = "config.yaml"
 
@@ -265,8 +266,19 @@ def check_config(cfg: ExperimentConfig) -> None:
     w = cfg.eval.judge_weights
     if w.clinical < 0 or w.conciseness < 0 or w.clinical + w.conciseness <= 0:
         problems.append("eval.judge_weights must be non-negative with a positive sum")
+    problems += refusals(cfg.model.family, family_requests(cfg))
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def family_requests(cfg: ExperimentConfig) -> dict[Capability, list[str]]:
+    """The settings that ask the model family for a capability some families lack."""
+    stages = [(name, getattr(cfg, name)) for name in ("sft", "dpo")]
+    return {
+        Capability.padding_free: [f"{name}.padding_free=true" for name, t in stages if t.padding_free],
+        Capability.merger_lora: [f"{name}.freezing.merger=lora" for name, t in stages
+                                 if t.freezing.merger is ComponentMode.lora],
+    }
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

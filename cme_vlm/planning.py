@@ -63,6 +63,7 @@ def print_plan(cfg: ExperimentConfig, run_dir: Path, stages: list[Stage], fps: d
 
 def _memory_table(cfg: ExperimentConfig) -> Table:
     """Each training stage's peak as measured on fake tensors (``cme_vlm.bench.memory``), where recorded for these settings."""
+    from cme_vlm.bench.explain_memory import explain_row
     from cme_vlm.bench.memory import GIB_COLUMNS, cached_step_memory, stage_train
 
     table = folding_table(f"training memory of one step in GiB, measured ({cfg.model.name}; live tensors at the peak, "
@@ -79,4 +80,5 @@ def _memory_table(cfg: ExperimentConfig) -> Table:
             continue
         shape = measured.shape
         table.add_row(stage, trained, f"{shape['sequences']} × {shape['sequence_length']}", *measured.gib())
+    table.add_row(*explain_row(cfg))
     return table

@@ -182,6 +182,12 @@ class ModelFamily(str, Enum):
     qwen2_5_vl = "qwen2_5_vl"
     qwen2_vl = "qwen2_vl"
     qwen3_vl = "qwen3_vl"
+    qwen3_5 = "qwen3_5"
+    gemma3 = "gemma3"  # Gemma 3 and MedGemma
+    internvl = "internvl"
+    llava_onevision = "llava_onevision"
+    smolvlm = "smolvlm"
+    llava = "llava"  # LLaVA-1.5 (and LLaVA-Med-style derivatives in transformers' format)
 
 
 @dataclass
@@ -191,11 +197,14 @@ class ModelConfig:
     path: str = ""  # local weight directory or hub id; empty: build from `architecture` (random weights)
     architecture: dict[str, Any] = field(default_factory=dict)  # config kwargs for a model built from config
     tokenizer: str = "offline"  # "offline": the byte-level BPE trained on the registry; else a path
-    offline_vocab_size: int = 1024  # target size of the offline BPE (before Qwen's special tokens)
+    offline_vocab_size: int = 1024  # target size of the offline BPE (before the family's special tokens)
     dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     attn_implementation: str = "sdpa"
-    min_pixels: int = 224 * 224
+    min_pixels: int = 224 * 224  # image resolution of the families that resize by pixel count (Qwen-VL, Qwen3.5)
     max_pixels: int = 224 * 224
+    # processor settings: a real model's AutoProcessor.from_pretrained kwargs (e.g. do_image_splitting: false);
+    # a model built from config: its processor's and image processor's arguments (image sizes, tokens per image)
+    processor: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- training
@@ -218,7 +227,7 @@ class LoraSpec:
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    target_modules: list[str] = field(default_factory=list)  # module name endings; empty: the family's default
 
 
 @dataclass
@@ -227,11 +236,7 @@ class FreezingConfig:
     merger: ComponentMode = ComponentMode.train
     language_model: ComponentMode = ComponentMode.train
     lora: dict[str, LoraSpec] = field(
-        default_factory=lambda: {
-            "vision_encoder": LoraSpec(target_modules=["attn.qkv", "attn.proj"]),
-            "merger": LoraSpec(target_modules=["mlp.0", "mlp.2"]),
-            "language_model": LoraSpec(),
-        }
+        default_factory=lambda: {"vision_encoder": LoraSpec(), "merger": LoraSpec(), "language_model": LoraSpec()}
     )
     merge_lora_on_export: bool = True
 

@@ -1,4 +1,4 @@
-"""Count what a Qwen-VL model runs: images through its vision encoder, and prefills (multi-token forwards)."""
+"""Count what a vision-language model runs: its vision tower's calls, and prefills (multi-token decoder forwards)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import Tensor
+
 
 @dataclass
 class ForwardCounts:
-    images_encoded: list[int] = field(default_factory=list)  # images per vision-encoder call
+    vision_pixels: list[int] = field(default_factory=list)  # pixel values (or patches) the vision tower takes, per call
     prefill_rows: list[int] = field(default_factory=list)  # rows per language-model forward of more than one token
 
 
 @contextmanager
-def counting_forwards(model: Any) -> Iterator[ForwardCounts]:
-    """Hooks on ``model.model.visual`` and ``model.model.language_model`` while the context is open."""
+def counting_forwards(loaded: Any) -> Iterator[ForwardCounts]:
+    """Hooks on the family's vision tower and decoder (``loaded.adapter.tower``) while the context is open."""
     counts = ForwardCounts()
 
     def encoded(module: Any, args: Any, kwargs: dict[str, Any], out: Any) -> None:
-        counts.images_encoded.append(len(kwargs["grid_thw"]))
+        counts.vision_pixels.append(next(t for t in (*args, *kwargs.values()) if isinstance(t, Tensor)).numel())
 
     def forwarded(module: Any, args: Any, kwargs: dict[str, Any], out: Any) -> None:
         if kwargs["inputs_embeds"].shape[1] > 1:
             counts.prefill_rows.append(len(kwargs["inputs_embeds"]))
 
-    hooks = [model.model.visual.register_forward_hook(encoded, with_kwargs=True),
-             model.model.language_model.register_forward_hook(forwarded, with_kwargs=True)]
+    model, adapter = loaded.model, loaded.adapter
+    hooks = [adapter.tower(model, "vision_encoder").register_forward_hook(encoded, with_kwargs=True),
+             adapter.tower(model, "language_model").register_forward_hook(forwarded, with_kwargs=True)]
     try:
         yield counts
     finally:

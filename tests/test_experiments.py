@@ -19,7 +19,7 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 from cme_vlm.cli import COMMANDS, _parser, main
 from cme_vlm.config import load_config, parse_overrides
-from cme_vlm.config_files import REPO_ROOT
+from cme_vlm.config_files import GROUP_FOLDERS, REPO_ROOT
 from cme_vlm.pipeline import stage_paths
 from cme_vlm.stages import stages_for
 
@@ -70,6 +70,8 @@ def test_sweep_command_line_parses_into_the_config(path: Path):
         node = cfg
         for part in key.split("."):
             node = node[part] if isinstance(node, dict) else getattr(node, part)
+        if key in GROUP_FOLDERS:  # a group choice (model=tiny_gemma3) selects the group file of that name
+            node = node.name
         value = getattr(node, "value", node)  # enums compare by their value
         assert (value == pytest.approx(spec["value"])) if isinstance(value, float) else (value == spec["value"]), key
 

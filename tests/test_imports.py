@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cme_vlm.cli",),
 )
 FOUNDATION = {"cme_vlm", "cme_vlm.errors", "cme_vlm.schema", "cme_vlm.atomic", "cme_vlm.config", "cme_vlm.config_files",
-              "cme_vlm.anatomy",
+              "cme_vlm.anatomy", "cme_vlm.families",
               "cme_vlm.layout", "cme_vlm.tracking", "cme_vlm.console", "cme_vlm.threads",
               "cme_vlm.cli_help"}
 LAYER_GROUPS = [name for layer in LAYERS for name in layer]

@@ -1,12 +1,14 @@
-"""``explain`` on the tiny model: overlay written beside, answer equal to direct generation."""
+"""``explain`` on the tiny models: overlay written beside, answer equal to direct generation, for every family."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_families import TINY_FAMILIES, tiny_model
 
 from cme_vlm.cli import main
+from cme_vlm.config import load_config
 from cme_vlm.errors import DataError
 from cme_vlm.inference import explain, overlay_for
 from cme_vlm.models.export import export_model
@@ -59,6 +61,21 @@ def test_explain_asks_about_the_side_given_and_says_which(tiny_cfg, tiny_loaded,
                  "model=tiny", "eval.max_new_tokens=2"]) == 0
     with pytest.raises(SystemExit):
         main(["explain", "--model", str(model_dir), "--frame", str(frame), "--mask", str(mask), "--side", "up"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in TINY_FAMILIES if n != "tiny"])
+def test_explain_answers_from_an_exported_model_of_every_family(name, frame_and_mask, tmp_path, monkeypatch):
+    cfg = load_config(None, [f"model={name}", "eval.max_new_tokens=8"])
+    loaded = tiny_model(name)
+    model_dir = export_model(loaded.model, loaded.processor, tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    frame, mask = frame_and_mask
+    answer = explain(cfg, model_dir, frame, mask)
+    from cme_vlm.inference import _prompt_for
+
+    prompt = _prompt_for(cfg, frame, cfg.data.dsad_side.value)
+    assert answer == generate(loaded, [overlay_for(cfg, frame, mask)], [prompt], max_new_tokens=8)[0]
 
 
 def test_explain_refuses_an_empty_mask(tiny_cfg, frame_and_mask, tmp_path):

@@ -13,7 +13,11 @@ values real where they are small:
 - a value read back from a large fake tensor (a loss printed to a log, ``isfinite`` before the
   backward pass) has no data: it reads as ``0.0``, ``True`` or ``1``. Such reads feed logs and
   checks only, never a shape: a read that decided one would make shapes differ from a real run,
-  which the agreement test on ``tiny`` (tests/bench/test_memory.py) would catch.
+  which the agreement tests on the tiny models (tests/bench/test_memory.py) would catch. The
+  exceptions decide shapes, and are true of the bench's inputs: a large fake float equals no number
+  (SmolVLM finds all-zero padding sub-images by ``pixel_values == 0``, and the bench's random
+  images have none), and selecting by a mask is computed for real (a mask of unknown values
+  selects everything).
 
 Lightning moves and casts the module (``module.to``), which torch cannot do with fake
 parameters; the model is built on the measured device in its training dtype instead, so those
@@ -39,11 +43,12 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._mode_utils import no_dispatch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map_only
-from transformers import masking_utils
+from transformers import initialization, masking_utils
 from transformers.utils import import_utils
 from transformers.utils.import_utils import is_torch_fx_proxy
 
 CONSTANT_LIMIT = 1 << 16  # elements: DPO's 2B × T token ids are ~5,000 at the bench shapes
+NUMBER_TESTS = (torch.ops.aten.eq.Scalar, torch.ops.aten.ne.Scalar)
 
 
 class _SmallValuesReal(TorchDispatchMode):
@@ -57,12 +62,36 @@ class _SmallValuesReal(TorchDispatchMode):
         kwargs = kwargs or {}
         if func is torch.ops.aten._local_scalar_dense.default and isinstance(args[0], FakeTensor) and args[0].constant is None:
             return _placeholder(args[0])
+        if func is torch.ops.aten.nonzero.default and _is_mask(args[0]):
+            return self._selected(args[0])
+        if func is torch.ops.aten.index.Tensor and any(_is_mask(i) for i in args[1]):
+            indices = [j for i in args[1] for j in (self._selected(i).unbind(1) if _is_mask(i) else [i])]
+            return func(args[0], indices)
+        if func in NUMBER_TESTS and isinstance(args[0], FakeTensor) and args[0].constant is None \
+                and args[0].is_floating_point():
+            return self._filled(args[0], func is torch.ops.aten.ne.Scalar)  # a float without value equals no number
         out = func(*args, **kwargs)
         if _is_small_index(out) and not any(isinstance(a, Tensor) for a in tree_leaves((args, kwargs))):
             with no_dispatch():  # a factory (arange, zeros, full) of a few index values: compute it for real
                 value = func(*args, **kwargs)
             return _constant(self.fake, value)
         return out
+
+
+    def _filled(self, like: Tensor, value: bool) -> FakeTensor:
+        with no_dispatch():
+            mask = torch.full(like.shape, value, dtype=torch.bool)
+        return _constant(self.fake, mask)
+
+    def _selected(self, mask: FakeTensor) -> FakeTensor:
+        """``mask.nonzero()``, computed for real: from the mask's value, or from an all-true placeholder."""
+        with no_dispatch():
+            value = (mask.constant if mask.constant is not None else torch.ones(mask.shape, dtype=torch.bool)).nonzero()
+        return _constant(self.fake, value)
+
+
+def _is_mask(t: Any) -> bool:
+    return isinstance(t, FakeTensor) and t.dtype == torch.bool
 
 
 class _ConstantsAsValues(TorchFunctionMode):
@@ -109,9 +138,16 @@ class FakeExecution:
 
     @contextmanager
     def build(self, dtype: torch.dtype) -> Iterator[None]:
-        """Tensors created inside are fake, floating ones of ``dtype``."""
+        """Tensors created inside are fake, floating ones of ``dtype``.
+
+        transformers' weight initialisers write nothing: a fake weight holds no values, and some read them
+        (SigLIP's truncated normal), which is slow on fake tensors. Tying and every shape stay as built; any
+        other read of a weight gives the placeholder, as in ``run``.
+        """
         default = torch.get_default_dtype()
-        with self._patched(), self.mode:
+        skip = dict.fromkeys(initialization.TORCH_INIT_FUNCTIONS, _no_values)
+        with self._patched(), mock.patch.dict(initialization.TORCH_INIT_FUNCTIONS, skip), self.mode, \
+                _SmallValuesReal(self.mode):
             torch.set_default_dtype(dtype)
             try:
                 yield
@@ -136,6 +172,10 @@ class FakeExecution:
             stack.enter_context(mock.patch.object(nn.Module, "_apply", _no_move))
             stack.enter_context(mock.patch.object(masking_utils, "is_tracing", _tracing_not_faking))
             yield
+
+
+def _no_values(tensor: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    return tensor
 
 
 def _no_move(module: nn.Module, fn: Any, recurse: bool = True) -> nn.Module:

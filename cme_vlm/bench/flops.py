@@ -7,8 +7,8 @@ costs only its forward, 2 per position. Each part counts the positions it really
 ==================  ==========================================================
 part                positions
 ==================  ==========================================================
-``vision_encoder``  image patches of the encoded images (before the 2x2 merge)
-``merger``          merged image tokens of the encoded images
+``vision_encoder``  image patches of the encoded images (before the merger)
+``merger``          image tokens of the encoded images
 ``language_model``  every non-padding token (embedding lookup and head apart)
 ``lm_head``         answer positions only (the chunked loss skips the others)
 ``embedding``       none: a table lookup, no multiply-add
@@ -55,11 +55,11 @@ def part_parameters(model: nn.Module, adapter: ModelAdapter) -> dict[str, PartPa
     return {p: PartParams(*c) for p, c in counts.items()}
 
 
-def part_positions(shape: SequenceShape, spatial_merge_size: int) -> dict[str, int]:
-    """How many positions each part runs on in one step of ``shape``."""
+def part_positions(shape: SequenceShape) -> dict[str, int]:
+    """How many positions each part runs on in one step of ``shape`` (each sequence holds one image)."""
     return {
         "vision_encoder": shape.patches,
-        "merger": shape.patches // spatial_merge_size**2,
+        "merger": shape.image_tokens * shape.images_encoded // shape.sequences,
         "language_model": shape.tokens,
         "lm_head": shape.answer_tokens,
         "embedding": 0,

@@ -29,7 +29,7 @@ class SequenceShape:
 
     sequences: int  # rows of input_ids (2B for B pairs)
     images_encoded: int  # images the vision encoder runs on
-    patches: int  # vision-encoder positions (before the spatial merge)
+    patches: int  # vision-encoder positions (before the merger; a tiling's padding tiles included)
     image_tokens: int  # image placeholder tokens over all sequences
     answer_tokens: int  # labelled tokens (answer + end token) over all sequences
     tokens: int  # all non-padding tokens over all sequences
@@ -84,15 +84,22 @@ def bench_texts(cfg: ExperimentConfig, loaded: LoadedModel, n_answers: int) -> t
     return prompt, answers
 
 
-def sequence_shape(loaded: LoadedModel, batch: dict[str, Any]) -> SequenceShape:
-    """Count what the collator produced; the patches are those the vision encoder will see."""
-    image_id = loaded.tokenizer.convert_tokens_to_ids(loaded.adapter.image_token)
-    grid = batch["image_grid_thw"]
+def _vision_positions(loaded: LoadedModel, pixels: Any) -> int:
+    """Positions the vision tower runs on: Qwen-VL's pixels come as one row per patch, the others as images or tiles."""
+    if pixels.ndim == 2:
+        return int(pixels.shape[0])
+    patch = loaded.model.config.vision_config.patch_size
+    side = patch[0] if isinstance(patch, (list, tuple)) else patch
+    return int(pixels.numel() // (pixels.shape[-3] * side * side))
+
+
+def sequence_shape(loaded: LoadedModel, batch: dict[str, Any], images: int) -> SequenceShape:
+    """Count what the collator produced for ``images`` images; the patches are those the vision encoder will see."""
     return SequenceShape(
         sequences=int(batch["input_ids"].shape[0]),
-        images_encoded=int(grid.shape[0]),
-        patches=int(grid.prod(-1).sum()),
-        image_tokens=int((batch["input_ids"] == image_id).sum()),
+        images_encoded=images,
+        patches=_vision_positions(loaded, batch["pixel_values"]),
+        image_tokens=int((batch["input_ids"] == loaded.model.config.image_token_id).sum()),
         answer_tokens=int((batch["labels"] != IGNORE_INDEX).sum()),
         tokens=int(batch["attention_mask"].sum()),
         sequence_length=int(batch["input_ids"].shape[1]),
@@ -100,12 +107,14 @@ def sequence_shape(loaded: LoadedModel, batch: dict[str, Any]) -> SequenceShape:
 
 
 def _check_answers(cfg: ExperimentConfig, shape: SequenceShape, max_length: int) -> None:
-    """Every answer must survive the collator whole (no tail cut by ``max_length``)."""
-    per_sequence = shape.answer_tokens / shape.sequences
-    if per_sequence < cfg.bench.answer_tokens:
+    """Every answer must survive the collator whole: a sequence as long as ``max_length`` had its tail cut.
+
+    (Counting the answer's tokens would not tell: a chat template may join its first word to a space before it.)
+    """
+    if shape.sequence_length >= max_length:
         raise ConfigError(
-            f"the collator cut the bench answers to {per_sequence:.0f} of {cfg.bench.answer_tokens} tokens: "
-            f"max_length={max_length} is too short. Raise sft.max_length / dpo.max_length or lower bench.answer_tokens."
+            f"the collator cut the bench answers at max_length={max_length} (the longest sequence reached it). "
+            "Raise sft.max_length / dpo.max_length or lower bench.answer_tokens."
         )
 
 
@@ -116,7 +125,7 @@ def sft_batch(cfg: ExperimentConfig, loaded: LoadedModel) -> tuple[dict[str, Any
     images = [random_image(b.image_side, b.seed + i) for i in range(b.batch_size)]
     batch = ChatEncoder(loaded, cfg.sft.max_length).encode(images, [prompt] * b.batch_size, answers)
     batch["ids"] = [f"bench-{i}" for i in range(b.batch_size)]
-    shape = sequence_shape(loaded, batch)
+    shape = sequence_shape(loaded, batch, len(images))
     _check_answers(cfg, shape, cfg.sft.max_length)
     return batch, shape
 
@@ -133,7 +142,7 @@ def pair_batch(cfg: ExperimentConfig, loaded: LoadedModel) -> tuple[dict[str, An
     ]
     batch = collate_pairs(ChatEncoder(loaded, cfg.dpo.max_length), examples)
     batch["ids"] = [f"bench-pair-{i}" for i in range(b.batch_size)]
-    shape = sequence_shape(loaded, batch)
+    shape = sequence_shape(loaded, batch, len(examples))
     _check_answers(cfg, shape, cfg.dpo.max_length)
     return batch, shape
 

@@ -122,7 +122,7 @@ def memory_key(cfg: ExperimentConfig, stage: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class _PeakTracker(MemTracker):
+class PeakTracker(MemTracker):
     """``MemTracker`` keeping the whole-step peak only, with gradient hooks on trainable parameters only.
 
     Its per-module peaks cost a pass over every module at every operator (minutes for a 7B step),
@@ -190,7 +190,7 @@ def _module(stage: str, cfg: ExperimentConfig, loaded: LoadedModel, reference: n
 
 
 def _step_peak(module: L.LightningModule, train: TrainConfig, batch: dict[str, Any]) -> tuple[int, dict[str, int]]:
-    tracker = _PeakTracker()
+    tracker = PeakTracker()
     tracker.track_external(module)
     trainer = L.Trainer(
         accelerator="cpu", devices=1, precision=training_precision(train), max_steps=STEPS, logger=False,
@@ -245,7 +245,11 @@ def record_step_memory(cfg: ExperimentConfig, stages: tuple[str, ...] = ("sft", 
 
 def cached_step_memory(cfg: ExperimentConfig, stage: str, folders: tuple[Path, ...] | None = None) -> StepMemory | None:
     """The kept measurement of exactly these settings, if one was recorded (the user's first, then the shipped)."""
-    name = f"{stage}-{memory_key(cfg, stage)}.json"
+    return kept_measurement(f"{stage}-{memory_key(cfg, stage)}.json", folders)
+
+
+def kept_measurement(name: str, folders: tuple[Path, ...] | None = None) -> StepMemory | None:
+    """The measurement file ``name`` from the user's folder, else the shipped one, if either holds it."""
     for folder in folders or (user_measurements(), SHIPPED_MEASUREMENTS):
         if (folder / name).is_file():
             return StepMemory(**json.loads((folder / name).read_text()))

@@ -67,7 +67,7 @@ def training_row(stage: str, cfg: ExperimentConfig, loaded: LoadedModel, steps: 
     else:
         module = DPOModule(model, train, PrecomputedReference(), train.max_steps)
     params = part_parameters(model, loaded.adapter)
-    positions = part_positions(shape, loaded.model.config.vision_config.spatial_merge_size)
+    positions = part_positions(shape)
     flops = training_flops(params, positions)
     row: dict[str, Any] = {
         "row": stage, "shape": shape.as_dict(), "flops_per_step": flops, "positions": positions,

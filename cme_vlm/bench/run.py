@@ -132,11 +132,13 @@ def _table(report: dict[str, Any]) -> Table:
 
 def _record_memory(cfg: ExperimentConfig, out: Path | None) -> dict[str, Any]:
     # imported only here, like the training rows: the fake-tensor machinery loads the training stack
+    from cme_vlm.bench.explain_memory import record_explain_memory
     from cme_vlm.bench.memory import GIB_COLUMNS, record_step_memory, user_measurements
 
     folder = Path(out) if out else user_measurements()
-    measured = record_step_memory(cfg, folder=folder)
-    table = folding_table(f"peak memory of one training step in GiB, measured on fake tensors ({cfg.model.name})",
+    measured = [*record_step_memory(cfg, folder=folder), record_explain_memory(cfg, folder=folder)]
+    table = folding_table(f"peak memory of one training step and of explain in GiB, measured on fake tensors "
+                          f"({cfg.model.name})",
                           "stage", *GIB_COLUMNS, "kept in", right=GIB_COLUMNS)
     for m in measured:
         table.add_row(m.stage, *m.gib(), str(folder / f"{m.stage}-{m.key}.json"))
@@ -148,8 +150,8 @@ def run_bench(cfg: ExperimentConfig, out: Path | None = None, steps: int = 10, o
               memory: bool = False) -> dict[str, Any]:
     """Time the selected rows (``sft``, ``dpo``, ``generate``); write ``out/bench.json`` and the config.
 
-    ``memory``: instead, measure one SFT and one DPO step's peak memory on fake tensors and keep it
-    for the dry-run (in ``out``, else the user's measurements folder; ``cme_vlm.bench.memory``).
+    ``memory``: instead, measure one SFT and one DPO step's and ``explain``'s peak memory on fake tensors and
+    keep them for the dry-run (in ``out``, else the user's measurements folder; ``cme_vlm.bench.memory``).
     """
     if memory:
         return _record_memory(cfg, out)

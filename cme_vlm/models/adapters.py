@@ -1,83 +1,97 @@
-"""One adapter per model family: its classes, where its components live, its chat format.
+"""A model family's behaviour: its classes, components, processor and inputs, from its declaration.
 
-Every family here keeps the vision tower at ``model.visual`` (with the vision-language
-merger inside it), the decoder at ``model.language_model`` and the output head at
-``lm_head``; the adapters differ in classes, merger names and image geometry.
+The declaration (``cme_vlm.families.Family``) says only where a family differs from
+transformers' common layout; the classes come from transformers' auto mappings of its
+``model_type``. The collator, packing, log-probs, freezing and the generation engine ask the
+adapter and never branch on a family's name.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from transformers import (
-    PretrainedConfig,
-    PreTrainedModel,
-    ProcessorMixin,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
-    Qwen2VLImageProcessor,
-    Qwen2VLProcessor,
-    Qwen2VLVideoProcessor,
-    Qwen3VLConfig,
-    Qwen3VLForConditionalGeneration,
-    Qwen3VLProcessor,
-)
+import transformers
+from torch import Tensor, nn
+from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING_NAMES
 
-from cme_vlm.schema import ModelFamily
+from cme_vlm.errors import ModelError
+from cme_vlm.families import FAMILIES, Family, Positions, family_of_model_type
+from cme_vlm.schema import ModelConfig, ModelFamily
 
 COMPONENTS = ("vision_encoder", "merger", "language_model")
 IGNORE_INDEX = -100
-
-# Qwen's own chat format (system turn omitted), used with the offline tokenizer.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for c in message['content'] %}"
-    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+TOKEN_FIELDS = ("input_ids", "attention_mask")  # besides the family's token types
+SEQUENCE_LENGTHS = "sequence_lengths"  # marks a packed batch (cme_vlm.models.packing)
+# what the collators and packing add beside the processor's output: none of it is an image's
+BATCH_FIELDS = ("labels", "position_ids", SEQUENCE_LENGTHS, "ref_logp_accepted", "ref_logp_rejected")
 
 
 @dataclass(frozen=True)
 class ModelAdapter:
     """What the framework needs to know about one model family."""
 
-    family: ModelFamily
-    model_type: str  # config.json's model_type
-    model_class: type[PreTrainedModel]
-    config_class: type[PretrainedConfig]
-    processor_class: type[ProcessorMixin]
-    merger_prefixes: tuple[str, ...] = ("model.visual.merger.",)
-    image_token: str = "<|image_pad|>"
-    end_token: str = "<|im_end|>"
-    patch_size: int = 14
+    declaration: Family
+
+    @property
+    def family(self) -> ModelFamily:
+        return self.declaration.name
+
+    @property
+    def model_type(self) -> str:
+        return self.declaration.model_type
+
+    @property
+    def end_token(self) -> str:
+        return self.declaration.end_token
+
+    @property
+    def mrope(self) -> bool:
+        """Whether the decoder takes Qwen-VL's multimodal rotary positions (``get_rope_index``, ``rope_deltas``)."""
+        return self.declaration.positions is Positions.mrope
+
+    @property
+    def token_fields(self) -> tuple[str, ...]:
+        """The per-token inputs of the decoder: ids, mask, and the family's token types if any."""
+        types = self.declaration.token_types
+        return (*TOKEN_FIELDS, types) if types else TOKEN_FIELDS
+
+    @property
+    def config_class(self) -> type[PretrainedConfig]:
+        return CONFIG_MAPPING[self.model_type]
+
+    @property
+    def model_class(self) -> type[PreTrainedModel]:
+        return getattr(transformers, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[self.model_type])
 
     def component_of(self, param_name: str) -> str:
         """The component (vision_encoder, merger, language_model) a parameter belongs to."""
         name = _strip_wrappers(param_name)
-        if name.startswith(self.merger_prefixes):
-            return "merger"
-        if name.startswith("model.visual."):
-            return "vision_encoder"
-        if name.startswith(("model.language_model.", "lm_head.")):
-            return "language_model"
+        for component in ("merger", "vision_encoder", "language_model"):  # a merger may sit inside the tower
+            if name.startswith(getattr(self.declaration, component)):
+                return component
         raise ValueError(f"parameter '{param_name}' belongs to no known component of {self.family.value}")
 
     def module_pattern(self, component: str, leaf_names: list[str]) -> str:
-        """A regex (peft ``target_modules``) over module names of ``component`` ending in ``leaf_names``."""
-        leaves = "|".join(n.replace(".", r"\.") for n in leaf_names)
-        mergers = "|".join(p.removeprefix("model.visual.").replace(".", r"\.") for p in self.merger_prefixes)
-        scope = {
-            "vision_encoder": rf"model\.visual\.(?!{mergers})",
-            "merger": rf"model\.visual\.(?:{mergers})",
-            "language_model": r"model\.language_model\.",
-        }[component]
-        return rf"{scope}(?:.*\.)?(?:{leaves})"
+        """A regex (peft ``target_modules``) over module names of ``component`` ending in ``leaf_names``.
+
+        No names: the family's default LoRA targets of that component.
+        """
+        leaves = "|".join(n.replace(".", r"\.") for n in leaf_names or self.declaration.lora_targets[component])
+        scope = "|".join(_escaped(p) for p in getattr(self.declaration, component))
+        if component == "vision_encoder":  # a merger inside the tower is not the encoder's
+            scope = rf"(?!{'|'.join(_escaped(p) for p in self.declaration.merger)})(?:{scope})"
+        return rf"(?:{scope})(?:.*\.)?(?:{leaves})"
+
+    def tower(self, model: nn.Module, component: str) -> nn.Module:
+        """The module that holds ``component`` (vision_encoder or language_model) of a Hugging Face model."""
+        return model.get_submodule(getattr(self.declaration, component)[0].rstrip("."))
 
     @staticmethod
     def messages(prompt: str, answer: str | None = None) -> list[dict[str, Any]]:
@@ -89,18 +103,34 @@ class ModelAdapter:
             turns.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         return turns
 
-    def image_processor(self, min_pixels: int, max_pixels: int) -> Qwen2VLImageProcessor:
-        return Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=self.patch_size)
+    def processor_kwargs(self, m: ModelConfig) -> dict[str, Any]:
+        """``model.processor``, with the image size from ``model.min_pixels`` / ``max_pixels`` where the family resizes by pixels."""
+        if not self.declaration.pixel_resolution:
+            return dict(m.processor)
+        return {"size": {"shortest_edge": m.min_pixels, "longest_edge": m.max_pixels}, **m.processor}
 
-    def build_processor(self, tokenizer: Any, min_pixels: int, max_pixels: int) -> ProcessorMixin:
-        """A processor around ``tokenizer`` (the offline one) with this family's image geometry."""
-        tokenizer.chat_template = CHAT_TEMPLATE
-        return self.processor_class(
-            image_processor=self.image_processor(min_pixels, max_pixels),
-            tokenizer=tokenizer,
-            video_processor=Qwen2VLVideoProcessor(patch_size=self.patch_size),
-            chat_template=CHAT_TEMPLATE,
-        )
+    def build_processor(self, tokenizer: Any, kwargs: dict[str, Any]) -> ProcessorMixin:
+        """The family's own processor around ``tokenizer`` (the offline one), for a model built from config.
+
+        ``kwargs`` the processor takes (e.g. ``image_seq_length``) go to it, the rest to its image processor.
+        """
+        processor_class = getattr(transformers, PROCESSOR_MAPPING_NAMES[self.model_type])
+        own = set(inspect.signature(processor_class.__init__).parameters)
+        parts: dict[str, Any] = {"tokenizer": tokenizer}
+        image_class = getattr(transformers, IMAGE_PROCESSOR_MAPPING_NAMES[self.model_type]["torchvision"])
+        parts["image_processor"] = image_class(**{k: v for k, v in kwargs.items() if k not in own})
+        if "video_processor" in processor_class.get_attributes():
+            parts["video_processor"] = getattr(transformers, VIDEO_PROCESSOR_MAPPING_NAMES[self.model_type]["torchvision"])()
+        return processor_class(**parts, **{k: v for k, v in kwargs.items() if k in own},
+                               chat_template=self.declaration.offline.chat_template)
+
+    def image_fields(self, batch: dict[str, Any]) -> list[str]:
+        """The tensors of ``batch`` (a processor's or collator's output) that carry the images rather than the sequences."""
+        return [k for k, v in batch.items() if k not in (*self.token_fields, *BATCH_FIELDS) and isinstance(v, Tensor)]
+
+
+def _escaped(prefix: str) -> str:
+    return prefix.replace(".", r"\.")
 
 
 def _strip_wrappers(name: str) -> str:
@@ -110,20 +140,7 @@ def _strip_wrappers(name: str) -> str:
     return name
 
 
-ADAPTERS: dict[ModelFamily, ModelAdapter] = {
-    ModelFamily.qwen2_5_vl: ModelAdapter(
-        ModelFamily.qwen2_5_vl, "qwen2_5_vl", Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLConfig,
-        Qwen2_5_VLProcessor,
-    ),
-    ModelFamily.qwen2_vl: ModelAdapter(
-        ModelFamily.qwen2_vl, "qwen2_vl", Qwen2VLForConditionalGeneration, Qwen2VLConfig, Qwen2VLProcessor,
-    ),
-    ModelFamily.qwen3_vl: ModelAdapter(
-        ModelFamily.qwen3_vl, "qwen3_vl", Qwen3VLForConditionalGeneration, Qwen3VLConfig, Qwen3VLProcessor,
-        merger_prefixes=("model.visual.merger.", "model.visual.deepstack_merger_list."),
-        patch_size=16,
-    ),
-}
+ADAPTERS: dict[ModelFamily, ModelAdapter] = {name: ModelAdapter(f) for name, f in FAMILIES.items()}
 
 
 def adapter_for(family: ModelFamily | str) -> ModelAdapter:
@@ -131,4 +148,15 @@ def adapter_for(family: ModelFamily | str) -> ModelAdapter:
 
 
 def adapter_for_model_type(model_type: str) -> ModelAdapter | None:
-    return next((a for a in ADAPTERS.values() if a.model_type == model_type), None)
+    found = family_of_model_type(model_type)
+    return ADAPTERS[found.name] if found else None
+
+
+def adapter_of(config: PretrainedConfig) -> ModelAdapter:
+    """The adapter of a Hugging Face model's config; a model of no declared family is refused."""
+    adapter = adapter_for_model_type(config.model_type)
+    if adapter is None:
+        known = ", ".join(f.model_type for f in FAMILIES.values())
+        raise ModelError(f"model type '{config.model_type}' has no family declaration (known: {known}); declare one "
+                         "in cme_vlm/families.py")
+    return adapter

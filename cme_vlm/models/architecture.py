@@ -22,7 +22,7 @@ class ArchitectureSummary:
     hidden: int
     layers: int
     vocab: int
-    image_tokens: int  # visual tokens one image of max_pixels becomes
+    image_tokens: int | None  # visual tokens one image of max_pixels becomes; None: set by the processor's tiling
 
 
 def architecture_summary(cfg: ExperimentConfig) -> ArchitectureSummary:
@@ -34,13 +34,12 @@ def architecture_summary(cfg: ExperimentConfig) -> ArchitectureSummary:
     params: Counter[str] = Counter()
     for name, p in model.named_parameters():
         params[adapter.component_of(name)] += p.numel()
-    text = config.text_config
-    merge = config.vision_config.spatial_merge_size
-    side = adapter.patch_size * merge
+    text = config.get_text_config()
+    image_tokens = None
+    if adapter.declaration.pixel_resolution:
+        side = config.vision_config.patch_size * config.vision_config.spatial_merge_size
+        image_tokens = max(1, cfg.model.max_pixels // (side * side))
     return ArchitectureSummary(
-        params=dict(params),
-        hidden=text.hidden_size,
-        layers=text.num_hidden_layers,
-        vocab=text.vocab_size,
-        image_tokens=max(1, cfg.model.max_pixels // (side * side)),
+        params=dict(params), hidden=text.hidden_size, layers=text.num_hidden_layers, vocab=text.vocab_size,
+        image_tokens=image_tokens,
     )

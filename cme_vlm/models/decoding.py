@@ -29,14 +29,13 @@ from typing import Any
 import torch
 from transformers import CompileConfig, DynamicCache, LogitsProcessorList, StaticCache
 
+from cme_vlm.models.cache_rows import dynamic_rows, static_rows
 from cme_vlm.models.loading import LoadedModel
 from cme_vlm.models.logprobs import hf_model
 from cme_vlm.models.row_sampler import RowSampler
 from cme_vlm.schema import CacheKind, GenerationConfig, SamplingSetting, Switch
 
 CACHE_BLOCK = 64  # a static cache is sized in blocks, so prompts of nearby lengths share one compiled shape
-PREFIX_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # per-token inputs, cut before the last token
-IMAGE_KEYS = ("pixel_values", "image_grid_thw")
 
 
 @dataclass(frozen=True)
@@ -130,22 +129,21 @@ class SharedPrefix:
         self.mode = DecodeMode.resolve(generation, loaded.model.device)
         self.caches = caches or StaticCaches()
         self.cache = DynamicCache(config=loaded.model.config)
-        head = {k: self.inputs[k][:, :-1] for k in PREFIX_KEYS if k in self.inputs}
-        images = {k: self.inputs[k] for k in IMAGE_KEYS if k in self.inputs}
+        adapter = loaded.adapter
+        head = {k: self.inputs[k][:, :-1] for k in adapter.token_fields}  # per-token inputs, cut before the last token
+        images = {k: self.inputs[k] for k in adapter.image_fields(self.inputs)}
+        head["position_ids"] = hf_model(loaded.model)._prepare_position_ids_for_generation(
+            head["input_ids"], {**head, **images}
+        )
         with evaluating(loaded.model):
             loaded.model(**head, **images, cache=self.cache, use_cache=True, logits_to_keep=1)
-        self.rope_deltas = hf_model(loaded.model).model.rope_deltas
+        self.rope_deltas = hf_model(loaded.model).model.rope_deltas if adapter.mrope else None
 
     def _continued_cache(self, rows: torch.Tensor, length: int) -> DynamicCache | StaticCache:
         """A cache whose row ``j`` holds the prefix of record ``rows[j]``, with room for ``length`` tokens."""
-        config = self.loaded.model.config
         if self.mode.static_cache:
-            cache: DynamicCache | StaticCache = self.caches.get(config, len(rows), length)
-        else:
-            cache = DynamicCache(config=config)
-        for index, layer in enumerate(self.cache.layers):
-            cache.update(layer.keys[rows], layer.values[rows], index)
-        return cache
+            return static_rows(self.cache, rows, self.caches.get(self.loaded.model.config, len(rows), length))
+        return dynamic_rows(self.cache, rows)
 
     def new_tokens(self, draws: Sequence[Draw], max_new_tokens: int) -> torch.Tensor:
         """``[len(draws), n <= max_new_tokens]`` new token ids; a finished row is padded after its end token."""
@@ -153,7 +151,8 @@ class SharedPrefix:
         rows = torch.tensor([d.record for d in draws], device=model.device)
         ids, mask = self.inputs["input_ids"][rows], self.inputs["attention_mask"][rows]
         cache = self._continued_cache(rows, ids.shape[1] + max_new_tokens)
-        hf_model(model).model.rope_deltas = self.rope_deltas[rows]
+        if self.rope_deltas is not None:
+            hf_model(model).model.rope_deltas = self.rope_deltas[rows]
         settings = [d.setting for d in draws]
         sampler = [RowSampler(settings, model.device)] if any(s is not None for s in settings) else []
         with evaluating(model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from PIL import Image
+from transformers import BatchFeature
 
 from cme_vlm.models.decoding import Draw, SharedPrefix, StaticCaches
 from cme_vlm.models.loading import LoadedModel
@@ -17,6 +18,16 @@ def prompt_texts(loaded: LoadedModel, prompts: list[str]) -> list[str]:
         loaded.processor.apply_chat_template(loaded.adapter.messages(p), add_generation_prompt=True, tokenize=False)
         for p in prompts
     ]
+
+
+def encode_prompts(loaded: LoadedModel, images: list[Image.Image], prompts: list[str]) -> BatchFeature:
+    """The processor's left-padded batch of one image and one chat prompt per record.
+
+    Left padding: every row's answer starts at the same position.
+    """
+    loaded.processor.tokenizer.padding_side = "left"
+    return loaded.processor(text=prompt_texts(loaded, prompts), images=[[im] for im in images], padding=True,
+                            return_tensors="pt")
 
 
 def length_order(loaded: LoadedModel, prompts: Sequence[str]) -> list[int]:
@@ -48,9 +59,7 @@ def prefill(
     """
     if len(images) != len(prompts):
         raise ValueError(f"prefill got {len(images)} images but {len(prompts)} prompts")
-    loaded.processor.tokenizer.padding_side = "left"  # every row's answer starts at the same position
-    inputs = loaded.processor(text=prompt_texts(loaded, prompts), images=images, padding=True, return_tensors="pt")
-    return SharedPrefix(loaded, dict(inputs), generation, caches)
+    return SharedPrefix(loaded, dict(encode_prompts(loaded, images, prompts)), generation, caches)
 
 
 def generate(

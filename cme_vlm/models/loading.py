@@ -20,7 +20,7 @@ from cme_vlm.errors import ModelError
 from cme_vlm.models.adapters import ModelAdapter, adapter_for, adapter_for_model_type
 from cme_vlm.models.attention import use_fast_attention
 from cme_vlm.models.dtypes import cast_floating
-from cme_vlm.models.tokenizer import QWEN_FIRST_SPECIAL_ID, train_offline_tokenizer
+from cme_vlm.models.tokenizer import train_offline_tokenizer
 from cme_vlm.schema import ExperimentConfig, ModelConfig
 
 ADAPTER_DIRNAME = "adapter"  # a LoRA adapter kept beside exported base weights
@@ -60,43 +60,46 @@ def load_model(cfg: ExperimentConfig, path: str | Path | None = None) -> LoadedM
 
 
 def build_from_config(cfg: ExperimentConfig, adapter: ModelAdapter) -> LoadedModel:
-    """A model of ``cfg.model.architecture`` with random weights seeded by ``cfg.seed``."""
+    """A model of ``cfg.model.architecture`` with random weights seeded by ``cfg.seed``, and the offline tokenizer."""
     m = cfg.model
-    text = dict(m.architecture.get("text_config", {}))
-    first_special = QWEN_FIRST_SPECIAL_ID if text.get("vocab_size", 0) > QWEN_FIRST_SPECIAL_ID else 0
-    tokenizer = train_offline_tokenizer(cfg.anatomy, cfg.data.prompts, m.offline_vocab_size, first_special)
-    processor = adapter.build_processor(tokenizer, m.min_pixels, m.max_pixels)
-    config = adapter.config_class(**_with_token_ids(m.architecture, tokenizer))
+    model_vocab = m.architecture.get("text_config", {}).get("vocab_size", 0)
+    tokenizer = train_offline_tokenizer(cfg.anatomy, cfg.data.prompts, m.offline_vocab_size, adapter.declaration, model_vocab)
+    processor = adapter.build_processor(tokenizer, adapter.processor_kwargs(m))
+    config = adapter.config_class(**_with_token_ids(m.architecture, adapter, tokenizer))
     config._attn_implementation = m.attn_implementation
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = cast_floating(adapter.model_class(config), resolve_dtype(m.dtype))
-    _set_generation_tokens(model, tokenizer)
+        model = adapter.model_class(config)
+        _randomise_zero_matrices(model, getattr(config, "initializer_range", 0.02))
+    model = cast_floating(model, resolve_dtype(m.dtype))
+    _set_generation_tokens(model, adapter, tokenizer)
     return LoadedModel(model.eval(), processor, adapter)
 
 
-def _with_token_ids(architecture: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
-    """The architecture with vocabulary size and special-token ids taken from the tokenizer."""
-    ids = {name: tokenizer.convert_tokens_to_ids(f"<|{name}|>") for name in
-           ("endoftext", "im_end", "image_pad", "video_pad", "vision_start", "vision_end")}
+def _randomise_zero_matrices(model: PreTrainedModel, std: float) -> None:
+    """Weight matrices transformers initialises to zero (Gemma 3's projector, InternViT's position embeddings) get
+    ``N(0, std²)`` like the others, so a random model's image reaches its decoder."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim >= 2 and not param.any():
+                param.normal_(0.0, std)
+
+
+def _with_token_ids(architecture: dict[str, Any], adapter: ModelAdapter, tokenizer: Any) -> dict[str, Any]:
+    """The architecture with the vocabulary size and the family's token ids taken from the tokenizer."""
     architecture = copy.deepcopy(architecture)  # transformers fills nested dicts in place; keep cfg intact
-    text = architecture.get("text_config", {})
+    text = architecture.setdefault("text_config", {})
     text["vocab_size"] = max(text.get("vocab_size", 0), len(tokenizer))
-    text.update(bos_token_id=ids["endoftext"], eos_token_id=ids["im_end"], pad_token_id=ids["endoftext"])
-    return {
-        **architecture,
-        "text_config": text,
-        "image_token_id": ids["image_pad"],
-        "video_token_id": ids["video_pad"],
-        "vision_start_token_id": ids["vision_start"],
-        "vision_end_token_id": ids["vision_end"],
-    }
+    for key, token in adapter.declaration.offline.config_tokens.items():
+        section, leaf = (text, key.removeprefix("text_config.")) if key.startswith("text_config.") else (architecture, key)
+        section[leaf] = tokenizer.convert_tokens_to_ids(token)
+    return architecture
 
 
-def _set_generation_tokens(model: PreTrainedModel, tokenizer: Any) -> None:
-    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+def _set_generation_tokens(model: PreTrainedModel, adapter: ModelAdapter, tokenizer: Any) -> None:
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(adapter.end_token)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    model.generation_config.bos_token_id = model.config.get_text_config().bos_token_id
 
 
 def _is_local(source: str) -> bool:
@@ -108,13 +111,14 @@ def _from_pretrained(source: str, m: ModelConfig, adapter: ModelAdapter, key: st
     if _is_local(source) and not folder.is_dir():
         raise ModelError(
             f"{key}: model folder '{source}' does not exist. Point {key} at a local folder holding "
-            "config.json and *.safetensors (e.g. a downloaded Qwen/Qwen2.5-VL-7B-Instruct), or leave "
+            "config.json and *.safetensors (e.g. a downloaded Qwen/Qwen2.5-VL-7B-Instruct or google/medgemma-4b-it), "
+            "or leave "
             "model.path empty to build the model from model.architecture."
         )
     if folder.is_dir():
         _check_family(folder, adapter, key)
     try:
-        processor = AutoProcessor.from_pretrained(source, size={"shortest_edge": m.min_pixels, "longest_edge": m.max_pixels})
+        processor = AutoProcessor.from_pretrained(source, **adapter.processor_kwargs(m))
     except OSError as e:
         raise _unreachable(source, key, e) from e
     model = _load_weights(source, m, adapter, key)

@@ -18,16 +18,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cme_vlm.models.adapters import IGNORE_INDEX
+from cme_vlm.models.adapters import IGNORE_INDEX, SEQUENCE_LENGTHS, ModelAdapter, adapter_of
 from cme_vlm.models.head_logprobs import HEAD_CHUNK, token_logprobs
-from cme_vlm.models.packing import SEQUENCE_LENGTHS, is_packed, positions_by_sequence
+from cme_vlm.models.packing import is_packed, positions_by_sequence
 
 # mm_encoder_outputs: image features computed once and shared by several sequences (DPO pairs);
 # position_ids: given by packed batches only
-MODEL_INPUTS = (
-    "input_ids", "attention_mask", "position_ids", "pixel_values", "image_grid_thw", "mm_token_type_ids",
-    "mm_encoder_outputs",
-)
+EXTRA_INPUTS = ("position_ids", "mm_encoder_outputs")
 
 
 def next_token_targets(labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -72,7 +69,9 @@ def answer_logprobs(model: nn.Module, batch: dict[str, Any], chunk_size: int = H
     A padded and a packed batch of the same sequences give the same ``token_logp``.
     """
     inner = hf_model(model)
-    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    adapter = adapter_of(inner.config)
+    keys = (*adapter.token_fields, *EXTRA_INPUTS, *adapter.image_fields(batch))
+    inputs = {k: batch[k] for k in keys if k in batch}
     hidden = inner.model(**inputs, use_cache=False).last_hidden_state  # [B, T, H]; packed: [1, L, H]
     positions, targets = next_token_targets(batch["labels"])
     head = inner.lm_head.weight
@@ -97,14 +96,26 @@ class PairLogps:
     rejected_tokens: Tensor
 
 
-def _shared_features(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
-    """Encode the ``B`` images once and repeat their features for the ``2B`` sequences."""
-    features = model.get_image_features(batch["pixel_values"], batch["image_grid_thw"], return_dict=True)
-    shared = dict(features.items())
-    shared["pooler_output"] = tuple(features.pooler_output) * 2
-    if shared.get("deepstack_features") is not None:  # Qwen3-VL feeds per-layer features as well
-        shared["deepstack_features"] = [tuple(f) * 2 for f in features.deepstack_features]
-    return {"image": type(features)(**shared)}
+def _twice(value: Any, per_image: bool) -> Any:
+    """Image features for the ``2B`` sequences: a tensor concatenated with itself along its first dimension, a
+    sequence of per-image features repeated (``per_image``), any other sequence (per layer) doubled element-wise."""
+    if isinstance(value, Tensor):
+        return torch.cat([value, value])
+    if isinstance(value, (list, tuple)):
+        return type(value)(list(value) * 2) if per_image else type(value)(_twice(v, True) for v in value)
+    return value
+
+
+def _shared_features(model: nn.Module, adapter: ModelAdapter, batch: dict[str, Tensor]) -> dict[str, Any]:
+    """Encode the ``B`` images once and double their features for the ``2B`` sequences.
+
+    ``pooler_output`` (what the decoder takes in place of the image tokens) is per image; the
+    other sequences a family returns (Qwen3-VL's ``deepstack_features``) are per layer.
+    """
+    images = {k: batch[k] for k in adapter.image_fields(batch)}
+    features = model.get_image_features(**images, return_dict=True)
+    doubled = {k: _twice(v, per_image=k == "pooler_output") for k, v in features.items()}
+    return {"image": type(features)(**doubled)}
 
 
 def pair_logprobs(model: nn.Module, batch: dict[str, Tensor], share_image: bool = True) -> PairLogps:
@@ -115,18 +126,18 @@ def pair_logprobs(model: nn.Module, batch: dict[str, Tensor], share_image: bool 
     (``token_logprobs``). With ``share_image`` the ``B`` images are encoded once and their features fed to both
     sequences of a pair (the vision tower's gradient collects both); ``share_image=False``
     encodes each sequence's image separately (the behaviour the shared path must reproduce).
+    The image fields other than the pixels (Qwen-VL's grids for the rotary positions) are doubled.
     """
     inner = hf_model(model)
-    sequences = ("input_ids", "attention_mask", "position_ids", "mm_token_type_ids", "labels", SEQUENCE_LENGTHS)
-    inputs = {k: batch[k] for k in sequences if k in batch}
-    inputs["image_grid_thw"] = batch["image_grid_thw"].repeat(2, 1)
+    adapter = adapter_of(inner.config)
+    images = adapter.image_fields(batch)
+    inputs = {k: v for k, v in batch.items() if k not in images}
+    inputs.update({k: _twice(batch[k], per_image=True) for k in images if not share_image or k != "pixel_values"})
     if share_image:
-        inputs["mm_encoder_outputs"] = _shared_features(inner, batch)
-    else:
-        inputs["pixel_values"] = batch["pixel_values"].repeat(2, 1)
+        inputs["mm_encoder_outputs"] = _shared_features(inner.model, adapter, batch)
     answer = answer_logprobs(model, inputs)
     positions = answer.positions
     logp = sequence_logprobs(answer.token_logp, positions)
     tokens = positions.sum(-1)
-    half = batch["image_grid_thw"].shape[0]
+    half = len(logp) // 2
     return PairLogps(logp[:half], logp[half:], tokens[:half], tokens[half:])

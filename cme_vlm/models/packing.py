@@ -1,16 +1,17 @@
 """Padding-free batches: the sequences of a padded batch laid end to end in one row.
 
-A packed batch of ``B`` sequences holds ``input_ids``, ``labels`` and ``mm_token_type_ids`` of
-shape ``[1, L]`` (``L`` the sum of the sequence lengths, no padding), the images as before, no
-``attention_mask``, and ``position_ids: [4, 1, L]``, the layout Qwen-VL decoders take for packed
-input:
+A packed batch of ``B`` sequences holds ``input_ids``, ``labels`` and the family's token types
+(``mm_token_type_ids``, ``token_type_ids``) of shape ``[1, L]`` (``L`` the sum of the sequence
+lengths, no padding), the images as before, no ``attention_mask``, and ``position_ids``:
 
-- row 0, the text position, restarts at 0 in every sequence. transformers reads the sequence
-  boundaries from it: ``flash_attention_2`` runs variable-length attention
+- the text position, restarting at 0 in every sequence: ``[1, L]`` for a 1-D decoder. transformers
+  reads the sequence boundaries from it: ``flash_attention_2`` runs variable-length attention
   (``modeling_flash_attention_utils._is_packed_sequence``), sdpa and eager get a block-diagonal
-  causal mask (``masking_utils.find_packed_sequence_indices``);
-- rows 1-3 are the multimodal rotary positions (temporal, height, width) that the model's
-  ``get_rope_index`` gives each sequence with its own image grid, as in the padded batch.
+  causal mask (``masking_utils.find_packed_sequence_indices``; Gemma 3's bidirectional image
+  blocks are joined to it by ``or``, then cut to the sequence by ``and``);
+- for a Qwen-VL decoder (mRoPE) ``[4, 1, L]``: the text position as row 0, then the multimodal
+  rotary positions (temporal, height, width) that the model's ``get_rope_index`` gives each
+  sequence with its own image grid, as in the padded batch.
 
 ``sequence_lengths: [B]`` marks a batch as packed and keeps the boundaries for per-sequence sums.
 
@@ -27,32 +28,34 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cme_vlm.models.adapters import IGNORE_INDEX
-
-SEQUENCE_LENGTHS = "sequence_lengths"
-TOKEN_FIELDS = ("input_ids", "labels", "mm_token_type_ids")
+from cme_vlm.models.adapters import IGNORE_INDEX, SEQUENCE_LENGTHS
 
 # a model's ``get_rope_index(input_ids, mm_token_type_ids, image_grid_thw, attention_mask=)`` -> ([3, B, T], deltas)
 RopeIndex = Callable[..., tuple[Tensor, Tensor]]
 
 
-def pack(batch: dict[str, Any], rope_index: RopeIndex) -> dict[str, Any]:
+def pack(batch: dict[str, Any], token_types: tuple[str, ...], rope_index: RopeIndex | None = None) -> dict[str, Any]:
     """A padded batch (``[B, T]`` token fields and ``attention_mask``) as one padding-free row.
 
-    Tokens keep their order (sequence 0 first), so the ``N`` labelled positions come in the
-    same order as in the padded batch. Each sequence's first token loses its label: nothing
-    predicts it in the padded batch, and in the row the previous sequence's last token would.
-    Other fields (images, ids) pass through unchanged.
+    ``token_types``: the family's per-token fields besides ids and labels; ``rope_index``: the
+    model's ``get_rope_index`` for an mRoPE decoder, None for 1-D positions. Tokens keep their
+    order (sequence 0 first), so the ``N`` labelled positions come in the same order as in the
+    padded batch. Each sequence's first token loses its label: nothing predicts it in the padded
+    batch, and in the row the previous sequence's last token would. Other fields (images, ids)
+    pass through unchanged.
     """
     mask = batch["attention_mask"].bool()
-    rope, _ = rope_index(
-        batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"], attention_mask=batch["attention_mask"]
-    )  # [3, B, T]
     text = mask.long().cumsum(-1) - 1
+    tokens = ("input_ids", "labels", *token_types)
     fields = {**batch, "labels": batch["labels"].masked_fill(text == 0, IGNORE_INDEX)}
-    packed = {k: v for k, v in batch.items() if k not in (*TOKEN_FIELDS, "attention_mask")}
-    packed.update({key: fields[key][mask][None] for key in TOKEN_FIELDS})
-    packed["position_ids"] = torch.cat([text[mask][None], rope[:, mask]])[:, None]
+    packed = {k: v for k, v in batch.items() if k not in (*tokens, "attention_mask")}
+    packed.update({key: fields[key][mask][None] for key in tokens})
+    packed["position_ids"] = text[mask][None]  # [1, L]
+    if rope_index is not None:
+        rope, _ = rope_index(
+            batch["input_ids"], batch["mm_token_type_ids"], batch["image_grid_thw"], attention_mask=batch["attention_mask"]
+        )  # [3, B, T]
+        packed["position_ids"] = torch.cat([packed["position_ids"], rope[:, mask]])[:, None]  # [4, 1, L]
     packed[SEQUENCE_LENGTHS] = mask.sum(-1)
     return packed
 

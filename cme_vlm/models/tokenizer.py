@@ -1,8 +1,10 @@
-"""The offline tokenizer: a small byte-level BPE trained on the registry and prompt text.
+"""The offline tokenizer of the random-weight tiny models: a small byte-level BPE trained on the registry and prompts.
 
-It carries Qwen's special tokens, so the chat format and the image-token expansion work as
-with the real tokenizer, and it needs no download. Training is deterministic: the same
-registry and prompts give the same vocabulary.
+It carries the model family's special tokens (``cme_vlm.families.OfflineFormat``), named as the
+family's processor expects them (``tokenizer.image_token`` ...), so the chat format and the
+image-token expansion work as with the real tokenizer, and it needs no download. A real model
+uses the tokenizer of its own folder. Training is deterministic: the same registry and prompts
+give the same vocabulary.
 """
 
 from __future__ import annotations
@@ -10,16 +12,8 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from cme_vlm.families import Family
 from cme_vlm.schema import AnatomyConfig, PromptConfig
-
-SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-)
-QWEN_FIRST_SPECIAL_ID = 151643  # where Qwen2/2.5/3-VL put <|endoftext|>
-PAD_TOKEN = "<|endoftext|>"
-END_TOKEN = "<|im_end|>"
 
 # Words every answer and prompt uses beside the registry's own text.
 _EXTRA_TEXT = (
@@ -39,13 +33,14 @@ def corpus(anatomy: AnatomyConfig, prompts: PromptConfig) -> list[str]:
 
 
 def train_offline_tokenizer(
-    anatomy: AnatomyConfig, prompts: PromptConfig, vocab_size: int, first_special_id: int = 0
+    anatomy: AnatomyConfig, prompts: PromptConfig, vocab_size: int, family: Family, model_vocab: int = 0
 ) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE of at most ``vocab_size`` entries and add Qwen's special tokens.
+    """Train a byte-level BPE of at most ``vocab_size`` entries and add ``family``'s special tokens.
 
-    ``first_special_id`` 0 puts the special tokens right after the learned vocabulary (the
-    ``tiny`` model); Qwen's real id 151643 pads the vocabulary with unused filler entries so the
-    special tokens sit where a real Qwen checkpoint has them (the 7B architecture for benchmarks).
+    The special tokens follow the learned vocabulary (the tiny models), unless the model's
+    vocabulary (``model_vocab``) reaches the family's ``first_special_id``: then filler entries
+    pad the vocabulary so the special tokens sit where a real checkpoint has them (a real-size
+    architecture built for benchmarks, e.g. Qwen's 151643).
     """
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -53,12 +48,14 @@ def train_offline_tokenizer(
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     bpe.train_from_iterator(corpus(anatomy, prompts), trainer=trainer)
-    if first_special_id:
-        bpe = _padded_to(bpe, first_special_id)
+    offline = family.offline
+    if offline.first_special_id and model_vocab > offline.first_special_id:
+        bpe = _padded_to(bpe, offline.first_special_id)
     bpe.decoder = decoders.ByteLevel()
-    bpe.add_special_tokens(list(SPECIAL_TOKENS))
+    bpe.add_special_tokens(list(offline.special_tokens))
     return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token=END_TOKEN, pad_token=PAD_TOKEN, padding_side="left"
+        tokenizer_object=bpe, eos_token=family.end_token, pad_token=offline.pad_token, bos_token=offline.bos_token,
+        extra_special_tokens=offline.named_tokens, padding_side="left", chat_template=offline.chat_template,
     )
 
 

@@ -33,7 +33,7 @@ from optimi import prepare_for_gradient_release, remove_gradient_release
 from torch import Tensor, nn
 
 from cme_vlm.errors import ConfigError, TrainingError
-from cme_vlm.models.adapters import ModelAdapter, adapter_for_model_type
+from cme_vlm.models.adapters import adapter_of
 from cme_vlm.models.logprobs import hf_model
 from cme_vlm.schema import TrainConfig
 from cme_vlm.training.metrics import Float64Mean
@@ -85,7 +85,7 @@ class ManualStepModule(LightningModule):
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        groups = parameter_groups(self.model, _adapter(self.model), self.train_cfg, self.stage)
+        groups = parameter_groups(self.model, adapter_of(hf_model(self.model).config), self.train_cfg, self.stage)
         if not groups:
             raise TrainingError(f"{self.stage}.freezing leaves no trainable parameter; set a component to train or lora.")
         optimizer = build_optimizer(groups, self.train_cfg, self.stage)
@@ -168,17 +168,11 @@ class ManualStepModule(LightningModule):
 
 def _checkpoint_layers(model: nn.Module, train: TrainConfig, stage: str) -> None:
     """Recompute every ``checkpoint_every.<component>``-th layer of the vision tower and the decoder (transformers' own)."""
-    for component, tower in (("vision_encoder", model.model.visual), ("language_model", model.model.language_model)):
+    adapter = adapter_of(model.config)
+    for component in ("vision_encoder", "language_model"):
+        tower = adapter.tower(model, component)
         every = getattr(train.checkpoint_every, component)
         if every < 0:
             raise ConfigError(f"{stage}.checkpoint_every.{component}={every} must be 0 (keep all activations) or more.")
         if every:
             tower.activation_checkpointing_enable({"use_reentrant": False}, every_n_layers=every)
-
-
-def _adapter(model: nn.Module) -> ModelAdapter:
-    adapter = adapter_for_model_type(hf_model(model).config.model_type)
-    if adapter is None:
-        raise ConfigError(f"model type '{hf_model(model).config.model_type}' has no adapter; use a family in "
-                          "cme_vlm.models.adapters.ADAPTERS.")
-    return adapter

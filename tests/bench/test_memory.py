@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cme_vlm.bench.explain_memory import cached_explain_memory
 from cme_vlm.bench.memory import (
     SHIPPED_MEASUREMENTS,
     cached_step_memory,
@@ -25,11 +26,17 @@ PAPER_LEVERS = ["optimizer=kahan_adamw", "gradient_release=true", "grad_clip=0",
                 "checkpoint_every.language_model=2"]
 
 
+DPO_LEVERS = [f"dpo.{lever}" for lever in PAPER_LEVERS]
+NEW_FAMILIES = ["tiny_gemma3", "tiny_internvl", "tiny_llava_onevision", "tiny_smolvlm", "tiny_qwen3_5"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("stage", "levers"), [("sft", []), ("dpo", [f"dpo.{lever}" for lever in PAPER_LEVERS])],
-                         ids=["sft-demo-settings", "dpo-paper-levers"])
-def test_fake_measurement_agrees_with_real_allocation_on_tiny(stage: str, levers: list[str], tmp_path: Path):
-    cfg = load_config(None, ["model=tiny", *levers])
+@pytest.mark.parametrize(("model", "stage", "levers"), [
+    ("tiny", "sft", []), ("tiny", "dpo", DPO_LEVERS), *[(name, "dpo", DPO_LEVERS) for name in NEW_FAMILIES],
+], ids=["tiny-sft-demo-settings", "tiny-dpo-paper-levers", *[f"{name}-dpo-paper-levers" for name in NEW_FAMILIES]])
+def test_fake_measurement_agrees_with_real_allocation(model: str, stage: str, levers: list[str], tmp_path: Path):
+    """Every family's step, from its vision tower to its decoder, runs on fake tensors exactly as for real."""
+    cfg = load_config(None, [f"model={model}", *levers])
     (fake,) = record_step_memory(cfg, (stage,), folder=tmp_path)
     real = measure_step_memory(cfg, stage, fake=False)
     assert fake.peak == pytest.approx(real.peak, rel=MARGIN)
@@ -61,3 +68,21 @@ def test_paper_stages_fit_70_gib_as_measured(stage: str):
     assert measured is not None, f"no recorded {stage} step for the paper's settings in cme_vlm/bench/measurements/"
     assert measured.peak <= 70 * GIB
     assert measured.shape["sequence_length"] >= 575 and measured.provenance["method"].startswith("fake tensors")
+
+
+REAL_SIZE = ["qwen2_5_vl_7b", "medgemma_4b", "internvl3_8b", "llava_onevision_7b", "smolvlm_2b", "qwen3_5_9b"]
+
+
+@pytest.mark.parametrize("model", REAL_SIZE)
+def test_every_real_size_base_model_has_its_paper_memory_recorded(model: str):
+    """The dry-run of ``experiments/paper.yaml model=<model>`` finds a measured SFT, DPO and explain peak.
+
+    After changing a model config or the paper's settings, re-record:
+    ``cme-vlm bench --memory --config experiments/paper.yaml model=<model> model.path= --out cme_vlm/bench/measurements``.
+    """
+    cfg = load_config(REPO_ROOT / "experiments" / "paper.yaml", [f"model={model}"])  # the hub id: the key ignores it
+    for stage in ("sft", "dpo"):
+        measured = cached_step_memory(cfg, stage, folders=(SHIPPED_MEASUREMENTS,))
+        assert measured is not None, f"no recorded {stage} step of {model} at the paper's settings"
+        assert measured.settings["model"]["family"] == cfg.model.family.value
+    assert cached_explain_memory(cfg, folders=(SHIPPED_MEASUREMENTS,)) is not None

@@ -1,8 +1,11 @@
-"""Draws continued from a shared prefix: the same tokens as a separate ``generate``, one prefill, exact lengths."""
+"""Draws continued from a shared prefix, for every family: the same tokens as a separate ``generate``, one prefill,
+exact lengths."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from unittest import mock
 
 import pytest
@@ -10,13 +13,15 @@ import torch
 from forward_counts import counting_forwards
 from op_counts import CountingHostReads
 from PIL import Image
+from tiny_families import TINY_FAMILIES, tiny_model
 from transformers import StaticCache
 
 from cme_vlm.config import load_config
-from cme_vlm.errors import ConfigError
+from cme_vlm.errors import ConfigError, ModelError
 from cme_vlm.models import decoding
 from cme_vlm.models.decoding import DecodeMode, Draw
-from cme_vlm.models.generation import generate, prefill, prompt_texts
+from cme_vlm.models.generation import encode_prompts, generate, prefill, prompt_texts
+from cme_vlm.models.loading import load_model
 from cme_vlm.schema import CacheKind, GenerationConfig, SamplingSetting, Switch
 
 IMAGES = [Image.new("RGB", (112, 112), (0, 200, 0)), Image.new("RGB", (160, 96), (120, 40, 40))]
@@ -28,7 +33,7 @@ def separate_greedy(loaded, max_new_tokens: int) -> torch.Tensor:
     """Each record alone through plain transformers ``generate``: its new tokens, padded to ``max_new_tokens``."""
     rows = []
     for image, prompt in zip(IMAGES, PROMPTS):
-        batch = loaded.processor(text=prompt_texts(loaded, [prompt]), images=[image], return_tensors="pt")
+        batch = loaded.processor(text=prompt_texts(loaded, [prompt]), images=[[image]], return_tensors="pt")
         with torch.no_grad():
             out = loaded.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
         rows.append(out[0, batch["input_ids"].shape[1]:])
@@ -37,12 +42,53 @@ def separate_greedy(loaded, max_new_tokens: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("cache", [CacheKind.dynamic, CacheKind.static])
-def test_greedy_draws_from_the_prefix_equal_separate_generation(tiny_loaded, cache):
-    prefix = prefill(tiny_loaded, IMAGES, PROMPTS, GenerationConfig(cache=cache))
-    expected = separate_greedy(tiny_loaded, 10)
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_greedy_draws_from_the_prefix_equal_separate_generation(name, cache):
+    loaded = tiny_model(name)
+    prefix = prefill(loaded, IMAGES, PROMPTS, GenerationConfig(cache=cache))
+    expected = separate_greedy(loaded, 10)
     tokens = prefix.new_tokens([Draw(1), Draw(0), Draw(1), Draw(0, HOT)], 10)  # K rows per record, any order
     assert torch.equal(tokens[[1, 0, 2]], expected[[0, 1, 1]])
     assert not torch.equal(tokens[3], expected[0])  # the sampled row of record 0 left the greedy path
+
+
+@contextmanager
+def next_token_logits(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """The logits of the last position of every forward pass of ``model`` while open: one per decoded token."""
+    seen: list[torch.Tensor] = []
+    hook = model.register_forward_hook(lambda module, args, out: seen.append(out.logits[:, -1].detach().clone()))
+    try:
+        yield seen
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_each_step_sees_what_plain_generate_sees(name):
+    """The distributions, not only their argmax: a prefill at other positions than ``generate``'s would shift them."""
+    loaded = tiny_model(name)
+    with next_token_logits(loaded.model) as plain:
+        batch = encode_prompts(loaded, IMAGES, PROMPTS)  # left-padded: the second record's positions start later
+        with torch.no_grad():
+            loaded.model.generate(**batch, max_new_tokens=4, do_sample=False, min_new_tokens=4)
+    prefix = prefill(loaded, IMAGES, PROMPTS, GenerationConfig())
+    with next_token_logits(loaded.model) as ours:
+        prefix.new_tokens([Draw(0), Draw(1)], 4)
+    assert len(ours) == len(plain) == 4
+    for step, (a, b) in enumerate(zip(ours, plain, strict=True)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"step {step}")
+
+
+def test_a_prompt_beyond_the_sliding_window_decodes_alike_or_is_refused_a_static_cache():
+    """Gemma 3 keeps only the last ``sliding_window`` keys in its local layers: the prefix rows keep what the model kept."""
+    loaded = load_model(load_config(None, ["model=tiny_gemma3", "model.architecture.text_config.sliding_window=8"]))
+    expected = separate_greedy(loaded, 6)
+    prefix = prefill(loaded, IMAGES, PROMPTS, GenerationConfig(cache=CacheKind.dynamic))
+    assert prefix.inputs["input_ids"].shape[1] > 8
+    assert torch.equal(prefix.new_tokens([Draw(0), Draw(1)], 6), expected)
+    static = prefill(loaded, IMAGES, PROMPTS, GenerationConfig(cache=CacheKind.static))
+    with pytest.raises(ModelError, match="generation.cache=dynamic"):
+        static.new_tokens([Draw(0)], 6)
 
 
 def test_continuing_needs_the_prefill_rotary_offsets(tiny_loaded):
@@ -53,12 +99,14 @@ def test_continuing_needs_the_prefill_rotary_offsets(tiny_loaded):
     assert not torch.equal(prefix.new_tokens([Draw(0), Draw(1)], 10), separate_greedy(tiny_loaded, 10))
 
 
-def test_one_vision_pass_and_one_prefill_for_all_draws(tiny_loaded):
-    with counting_forwards(tiny_loaded.model) as counts:
-        prefix = prefill(tiny_loaded, IMAGES, PROMPTS, GenerationConfig())
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_one_vision_pass_and_one_prefill_for_all_draws(name):
+    loaded = tiny_model(name)
+    with counting_forwards(loaded) as counts:
+        prefix = prefill(loaded, IMAGES, PROMPTS, GenerationConfig())
         prefix.new_tokens([Draw(r, dataclasses.replace(HOT, seed=s)) for r in (0, 1) for s in range(5)], 6)
         prefix.new_tokens([Draw(0, HOT)], 6)  # a re-sample from the same prefix
-    assert counts.images_encoded == [2]
+    assert len(counts.vision_pixels) == 1  # both records' images, once
     assert counts.prefill_rows == [2]  # one multi-token forward, over the two records only
 
 

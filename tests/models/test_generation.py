@@ -1,4 +1,5 @@
-"""Greedy answers equal plain transformers ``generate`` in both cache modes; batches by length keep the caller's order."""
+"""Greedy answers of every family equal plain transformers ``generate`` in both cache modes; batches by length keep
+the caller's order."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from transformers import CompileConfig
+from tiny_families import TINY_FAMILIES, tiny_model
 
 from cme_vlm.models import decoding
 from cme_vlm.models.generation import generate, length_order, prompt_texts
@@ -23,16 +25,19 @@ PROMPTS = ["What is the highlighted structure, and why does it matter?", "Name i
 def plain_generate(loaded, images, prompts, max_new_tokens: int) -> list[str]:
     """transformers' own greedy ``generate`` on one left-padded batch, nothing of ours in between."""
     loaded.processor.tokenizer.padding_side = "left"
-    batch = loaded.processor(text=prompt_texts(loaded, prompts), images=images, padding=True, return_tensors="pt")
+    batch = loaded.processor(text=prompt_texts(loaded, prompts), images=[[i] for i in images], padding=True,
+                             return_tensors="pt")
     with torch.no_grad():
         out = loaded.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
     return [t.strip() for t in loaded.processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
 
 
 @pytest.mark.parametrize("cache", [CacheKind.dynamic, CacheKind.static])
-def test_greedy_equals_plain_transformers_generate(tiny_loaded, cache):
-    expected = plain_generate(tiny_loaded, IMAGES, PROMPTS, 12)
-    assert generate(tiny_loaded, IMAGES, PROMPTS, 12, 3, GenerationConfig(cache=cache)) == expected
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_greedy_equals_plain_transformers_generate(name, cache):
+    loaded = tiny_model(name)
+    expected = plain_generate(loaded, IMAGES, PROMPTS, 12)
+    assert generate(loaded, IMAGES, PROMPTS, 12, 3, GenerationConfig(cache=cache)) == expected
     assert len(set(expected)) == 3  # three different answers: a mix-up of the order would show
 
 

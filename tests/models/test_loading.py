@@ -1,4 +1,4 @@
-"""Loading the tiny model, reproducibly and offline, and the errors for bad model folders."""
+"""Loading the tiny models of every family, reproducibly and offline, and the errors for bad model folders."""
 
 from __future__ import annotations
 
@@ -7,21 +7,21 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from omegaconf import OmegaConf
 from PIL import Image
+from tiny_families import TINY_FAMILIES, tiny_model
 
-from cme_vlm.config_files import REPO_ROOT
+from cme_vlm.config import load_config
 from cme_vlm.errors import ModelError
-from cme_vlm.models.adapters import COMPONENTS, adapter_for
+from cme_vlm.models.adapters import COMPONENTS
 from cme_vlm.models.export import export_model
 from cme_vlm.models.loading import load_model
-from cme_vlm.schema import ModelConfig, ModelFamily
+from cme_vlm.schema import ModelFamily
 
 
-def _inputs(loaded, prompt="Which structure is highlighted?"):
-    text = loaded.processor.apply_chat_template(loaded.adapter.messages(prompt), add_generation_prompt=True, tokenize=False)
-    return loaded.processor(text=[text], images=[Image.new("RGB", (112, 112), (0, 200, 0))], return_tensors="pt")
+def _inputs(loaded, prompt="Which structure is highlighted?", processor=None):
+    processor = processor or loaded.processor
+    text = processor.apply_chat_template(loaded.adapter.messages(prompt), add_generation_prompt=True, tokenize=False)
+    return processor(text=[text], images=[[Image.new("RGB", (112, 112), (0, 200, 0))]], return_tensors="pt")
 
 
 def test_tiny_is_reproducible_and_uses_its_tokenizer_ids(tiny_cfg, tiny_loaded):
@@ -38,25 +38,37 @@ def test_tiny_is_reproducible_and_uses_its_tokenizer_ids(tiny_cfg, tiny_loaded):
     assert n_image == int(enc["image_grid_thw"].prod()) // 4  # 2x2 merge
 
 
-def test_every_parameter_has_a_component(tiny_loaded):
-    seen = {tiny_loaded.adapter.component_of(n) for n, _ in tiny_loaded.model.named_parameters()}
-    assert seen == set(COMPONENTS)
-    assert tiny_loaded.adapter.component_of("base_model.model.model.visual.merger.mlp.0.weight") == "merger"
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_every_parameter_has_a_component(name):
+    loaded = tiny_model(name)
+    counts = {c: 0 for c in COMPONENTS}
+    for param_name, p in loaded.model.named_parameters():
+        counts[loaded.adapter.component_of(param_name)] += p.numel()
+    assert all(counts.values()), counts
+    with torch.no_grad():
+        out = loaded.model(**_inputs(loaded))
+    assert out.logits.shape[-1] == len(loaded.tokenizer)
+    assert tiny_model("tiny").adapter.component_of("base_model.model.model.visual.merger.mlp.0.weight") == "merger"
 
 
-def test_export_reloads_offline_with_transformers_alone(tiny_cfg, tiny_loaded, tmp_path, monkeypatch):
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_export_reloads_offline_with_transformers_alone(name, tmp_path, monkeypatch):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    folder = export_model(tiny_loaded.model, tiny_loaded.processor, tmp_path / "model")
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder).eval()
+    loaded = tiny_model(name)
+    folder = export_model(loaded.model, loaded.processor, tmp_path / "model")
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
     processor = AutoProcessor.from_pretrained(folder)
-    enc = _inputs(tiny_loaded)
-    assert torch.equal(processor(text=[processor.apply_chat_template(tiny_loaded.adapter.messages("Which structure is highlighted?"), add_generation_prompt=True, tokenize=False)], images=[Image.new("RGB", (112, 112), (0, 200, 0))], return_tensors="pt")["input_ids"], enc["input_ids"])
+    enc = _inputs(loaded)
+    for key, value in _inputs(loaded, processor=processor).items():  # the same chat format, tokens and pixels
+        torch.testing.assert_close(value, enc[key], rtol=0, atol=0)
     with torch.no_grad():
-        torch.testing.assert_close(model(**enc).logits, tiny_loaded.model(**enc).logits)
-    reloaded = load_model(tiny_cfg, folder)
-    assert reloaded.model.config.image_token_id == tiny_loaded.model.config.image_token_id
+        torch.testing.assert_close(model(**enc).logits, loaded.model(**enc).logits, rtol=0, atol=0)
+    reloaded = load_model(load_config(None, [f"model={name}"]), folder)
+    assert type(reloaded.model) is type(loaded.model) and reloaded.adapter is loaded.adapter
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.model(**enc).logits, loaded.model(**enc).logits, rtol=0, atol=0)
 
 
 def test_missing_local_path_says_how_to_point_at_weights(tiny_cfg, tmp_path):
@@ -85,22 +97,6 @@ def test_truncated_weights_are_reported(tiny_cfg, tiny_loaded, tmp_path):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ModelError, match="truncated or corrupt"):
         load_model(tiny_cfg, folder)
-
-
-@pytest.mark.parametrize("name", ["tiny_qwen2_vl", "tiny_qwen3_vl"])
-def test_other_families_build_and_split_into_components(tiny_cfg, name):
-    # The group file alone: composing "model=<name>" over tiny would merge the two architectures.
-    node = yaml.safe_load((REPO_ROOT / "configs" / "model" / f"{name}.yaml").read_text())
-    cfg = replace(tiny_cfg, model=OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), node)))
-    loaded = load_model(cfg)
-    assert loaded.adapter is adapter_for(cfg.model.family)
-    counts = {c: 0 for c in COMPONENTS}
-    for name, p in loaded.model.named_parameters():
-        counts[loaded.adapter.component_of(name)] += p.numel()
-    assert all(counts.values())
-    with torch.no_grad():
-        out = loaded.model(**_inputs(loaded))
-    assert out.logits.shape[-1] == len(loaded.tokenizer)
 
 
 def test_loading_leaves_the_config_untouched():

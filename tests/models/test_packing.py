@@ -9,13 +9,17 @@ from itertools import pairwise
 
 import pytest
 import torch
+from forward_counts import counting_forwards
 from PIL import Image
+from tiny_families import TINY_FAMILIES, float64_copy, refused, tiny_model
 from torch.overrides import TorchFunctionMode
 from transformers.masking_utils import find_packed_sequence_indices
 from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 
 from cme_vlm.config import load_config
 from cme_vlm.data.preference_records import preference_dataset, preference_row
+from cme_vlm.errors import ConfigError
+from cme_vlm.families import Capability
 from cme_vlm.models.encoding import ChatEncoder, PairCollator, SFTCollator, collate_pairs
 from cme_vlm.models.loading import LoadedModel, load_model
 from cme_vlm.models.logprobs import answer_logprobs, count_targets, pair_logprobs, sequence_logprobs
@@ -35,13 +39,7 @@ EXAMPLES = [{"id": f"p{i}", "overlay": IMAGES[i], "prompt": PROMPTS[i], "accepte
 TIGHT = {"rtol": 1e-10, "atol": 1e-10}
 # transformers' eager attention takes its softmax in float32 even for a float64 model
 TOLERANCE = {"sdpa": TIGHT, "eager": {"rtol": 1e-6, "atol": 1e-9}}
-
-
-def float64_copy(loaded: LoadedModel, attn: str = "sdpa") -> LoadedModel:
-    """A float64 copy in train mode, so that packed and padded differ only by summation order."""
-    model = copy.deepcopy(loaded.model).double().train()
-    model.set_attn_implementation(attn)
-    return replace(loaded, model=model)
+PACKABLE = [name for name in TINY_FAMILIES if not refused(name, Capability.padding_free)]
 
 
 def gradients(model: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -51,13 +49,14 @@ def gradients(model: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Ten
 
 
 def assert_same_gradients(
-    packed: dict[str, torch.Tensor], padded: dict[str, torch.Tensor], tolerance: dict[str, float] = TIGHT
+    loaded: LoadedModel, packed: dict[str, torch.Tensor], padded: dict[str, torch.Tensor],
+    tolerance: dict[str, float] = TIGHT,
 ) -> None:
     assert packed.keys() == padded.keys()
     for name, grad in padded.items():
         torch.testing.assert_close(packed[name], grad, **tolerance)
-    assert any(g.abs().sum() > 0 for n, g in padded.items() if ".visual." in n)  # the images matter
-    assert any(g.abs().sum() > 0 for n, g in padded.items() if ".language_model." in n)
+    reached = {loaded.adapter.component_of(n) for n, g in padded.items() if g.abs().sum() > 0}
+    assert reached == {"vision_encoder", "merger", "language_model"}  # the images matter
 
 
 def test_pack_lays_sequences_end_to_end_with_their_own_rotary_positions(tiny_loaded) -> None:
@@ -94,14 +93,18 @@ def test_a_sequence_first_token_is_never_learned_across_the_boundary() -> None:
         "labels": torch.tensor([[-100, 6, 7], [8, 9, -100]]), "mm_token_type_ids": torch.zeros(2, 3, dtype=torch.long),
         "image_grid_thw": torch.ones(0, 3, dtype=torch.long),
     }
-    packed = pack(padded, lambda ids, *args, **kwargs: (torch.zeros(3, *ids.shape, dtype=torch.long), None))
+    packed = pack(padded, ("mm_token_type_ids",),
+                  lambda ids, *args, **kwargs: (torch.zeros(3, *ids.shape, dtype=torch.long), None))
     assert packed["labels"].tolist() == [[-100, 6, 7, -100, 9]]  # 8 was predicted by nothing, now not by 7
     assert count_targets(packed["labels"]) == count_targets(padded["labels"]) == 3
+    one_d = pack(padded, ("mm_token_type_ids",))
+    assert one_d["position_ids"].tolist() == [[0, 1, 2, 0, 1]] and one_d["labels"].tolist() == packed["labels"].tolist()
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_sft_packed_equals_padded(tiny_loaded, attn: str) -> None:
-    loaded = float64_copy(tiny_loaded, attn)
+@pytest.mark.parametrize("name", PACKABLE)
+def test_sft_packed_equals_padded(name: str, attn: str) -> None:
+    loaded = float64_copy(tiny_model(name), attn)
     padded = SFTCollator(ChatEncoder(loaded, 512))(RECORDS)
     packed = SFTCollator(ChatEncoder(loaded, 512), padding_free=True)(RECORDS)
     assert (padded["attention_mask"] == 0).sum() > 0 and packed["ids"] == padded["ids"]
@@ -117,25 +120,22 @@ def test_sft_packed_equals_padded(tiny_loaded, attn: str) -> None:
 
     n = count_targets(padded["labels"])
     packed_grads = gradients(loaded.model, -ours.token_logp.sum() / n)
-    assert_same_gradients(packed_grads, gradients(loaded.model, -theirs.token_logp.sum() / n), TOLERANCE[attn])
+    assert_same_gradients(loaded, packed_grads, gradients(loaded.model, -theirs.token_logp.sum() / n), TOLERANCE[attn])
 
 
-def test_pair_batches_packed_equal_padded_and_share_each_image(tiny_loaded) -> None:
-    loaded = float64_copy(tiny_loaded)
+@pytest.mark.parametrize("name", PACKABLE)
+def test_pair_batches_packed_equal_padded_and_share_each_image(name: str) -> None:
+    loaded = float64_copy(tiny_model(name))
     encoder = ChatEncoder(loaded, 512)
     padded = collate_pairs(encoder, EXAMPLES)
     packed = PairCollator(encoder, padding_free=True)(EXAMPLES)
     assert packed["ids"] == ["p0", "p1", "p2"] and packed["sequence_lengths"].shape == (6,)
-    for key in ("pixel_values", "image_grid_thw", "ref_logp_accepted"):
+    for key in (*loaded.adapter.image_fields(padded), "ref_logp_accepted"):
         torch.testing.assert_close(packed[key], padded[key], equal_nan=True)
 
-    images_encoded = []
-    hook = loaded.model.model.visual.register_forward_hook(
-        lambda module, args, kwargs, out: images_encoded.append(len(kwargs["grid_thw"])), with_kwargs=True
-    )
-    ours, theirs = pair_logprobs(loaded.model, packed), pair_logprobs(loaded.model, padded)
-    hook.remove()
-    assert images_encoded == [3, 3]  # B images for 2B sequences, in both layouts
+    with counting_forwards(loaded) as counts:
+        ours, theirs = pair_logprobs(loaded.model, packed), pair_logprobs(loaded.model, padded)
+    assert len(counts.vision_pixels) == 2 and len(set(counts.vision_pixels)) == 1  # B images once, in both layouts
     for a, b in zip((ours.accepted, ours.rejected), (theirs.accepted, theirs.rejected)):
         torch.testing.assert_close(a, b, **TIGHT)
     assert ours.accepted_tokens.tolist() == theirs.accepted_tokens.tolist()
@@ -145,17 +145,31 @@ def test_pair_batches_packed_equal_padded_and_share_each_image(tiny_loaded) -> N
     def margin(logps):  # a DPO-like objective: both halves and the shared image features get gradient
         return (logps.rejected - logps.accepted).sum()
 
-    assert_same_gradients(gradients(loaded.model, margin(ours)), gradients(loaded.model, margin(theirs)))
+    assert_same_gradients(loaded, gradients(loaded.model, margin(ours)), gradients(loaded.model, margin(theirs)))
 
 
-@pytest.mark.parametrize("model_name", ["tiny_qwen2_vl", "tiny_qwen3_vl"])
-def test_other_families_pack_their_pairs_too(model_name: str) -> None:
-    loaded = float64_copy(load_model(load_config(None, [f"model={model_name}"])))
-    encoder = ChatEncoder(loaded, 512)
-    ours = pair_logprobs(loaded.model, collate_pairs(encoder, EXAMPLES, padding_free=True))
-    theirs = pair_logprobs(loaded.model, collate_pairs(encoder, EXAMPLES))
-    torch.testing.assert_close(ours.accepted, theirs.accepted, **TIGHT)
-    torch.testing.assert_close(ours.rejected, theirs.rejected, **TIGHT)
+def test_families_whose_attention_mixes_packed_sequences_refuse_packing_at_config_time() -> None:
+    assert set(TINY_FAMILIES) - set(PACKABLE) == {"tiny_qwen3_5", "tiny_gemma3"}
+    with pytest.raises(ConfigError, match=r"dpo.padding_free=true: model family qwen3_5 cannot do this: its Gated"):
+        load_config(None, ["model=tiny_qwen3_5", "dpo.padding_free=true"])
+    with pytest.raises(ConfigError, match=r"sft.padding_free=true: model family gemma3 cannot do this: in its sliding"):
+        load_config(None, ["model=tiny_gemma3", "sft.padding_free=true"])
+    load_config(None, ["model=tiny_internvl", "dpo.padding_free=true", "sft.padding_free=true"])  # allowed
+
+
+def test_gemma3_packing_is_refused_for_the_reason_given() -> None:
+    """Its global-attention layers alone would pack exactly; one sliding-window layer breaks it (the refusal's reason)."""
+    name = "tiny_gemma3"
+    cfg = load_config(None, [f"model={name}"])
+    results = {}
+    for layers in (["full_attention", "full_attention"], ["sliding_attention", "full_attention"]):
+        text = {**cfg.model.architecture["text_config"], "layer_types": layers}
+        model_cfg = replace(cfg.model, architecture={**cfg.model.architecture, "text_config": text})
+        loaded = float64_copy(load_model(replace(cfg, model=model_cfg)))
+        packed = answer_logprobs(loaded.model, SFTCollator(ChatEncoder(loaded, 512), padding_free=True)(RECORDS))
+        padded = answer_logprobs(loaded.model, SFTCollator(ChatEncoder(loaded, 512))(RECORDS))
+        results[layers[0]] = (packed.token_logp - padded.token_logp).abs().max().item()
+    assert results["full_attention"] < 1e-10 < 1e-3 < results["sliding_attention"]
 
 
 class VocabularyWideResults(TorchFunctionMode):

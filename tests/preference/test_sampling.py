@@ -78,10 +78,11 @@ def test_sampling_resumes_without_recomputing_finished_records(tiny_loaded, tmp_
 def test_each_record_is_encoded_and_prefilled_once_for_all_candidates(tiny_loaded, tmp_path: Path) -> None:
     greedy = [SamplingSetting(temperature=1.0, top_k=1, seed=s) for s in (1, 2, 3)]  # duplicates: re-sampled twice
     cfg = PreferenceConfig(k=3, sampling=greedy, max_new_tokens=4, batch_size=2, max_resamples=2)
-    with counting_forwards(tiny_loaded.model) as counts:
+    with counting_forwards(tiny_loaded) as counts:
         out = sample_candidates(tiny_loaded, _rows(3), cfg, tmp_path / "c.jsonl")
     assert all(cs.resamples == 4 for cs in out.values())  # two candidates, each re-sampled twice
-    assert sorted(counts.images_encoded) == [1, 2] and sorted(counts.prefill_rows) == [1, 2]  # chunks of 2 and 1
+    one, two = sorted(counts.vision_pixels)  # one vision pass per chunk: images of the same size, 1 and 2 of them
+    assert two == 2 * one and sorted(counts.prefill_rows) == [1, 2]  # chunks of 2 and 1
 
 
 def test_candidates_do_not_depend_on_the_chunk_they_fall_in(tiny_loaded, tmp_path: Path) -> None:

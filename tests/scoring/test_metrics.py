@@ -103,6 +103,13 @@ def test_bertscore_offline_default_identity_and_setting():
     assert "layer 6" in result.setting
 
 
+def test_an_empty_answer_scores_nothing_and_leaves_the_others_alone():
+    """A model may answer with whitespace only (a random tiny model does); bert-score cannot embed it."""
+    text = "The highlighted structure is the inferior mesenteric vein."
+    both = bertscore(["  \n", text], [text, text], BertScoreConfig())
+    assert both.f1[0] == 0.0 and both.f1[1] == pytest.approx(bertscore([text], [text], BertScoreConfig()).f1[0])
+
+
 def test_bertscore_paper_setting_without_local_weights_says_how_to_fix(tmp_path, monkeypatch):
     import huggingface_hub.constants
 

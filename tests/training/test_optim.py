@@ -9,12 +9,13 @@ from dataclasses import replace
 import pytest
 import torch
 from optimi import prepare_for_gradient_release
+from tiny_families import TINY_FAMILIES, tiny_model
 from torch import nn
 
 from cme_vlm.config import load_config
 from cme_vlm.config_files import REPO_ROOT
 from cme_vlm.errors import ConfigError
-from cme_vlm.schema import TrainConfig
+from cme_vlm.schema import LrScale, TrainConfig
 from cme_vlm.training.optim import build_optimizer, warmup_cosine
 from cme_vlm.training.sft_module import SFTModule
 
@@ -90,17 +91,18 @@ def test_released_optimizer_saves_and_loads_its_state_without_group_copies():
         torch.testing.assert_close(fresh.state[p]["exp_avg"], optimizer.state[p]["exp_avg"])
 
 
-def test_each_component_is_a_group_at_its_scaled_lr(tiny_loaded):
-    cfg = load_config(None, ["model=tiny", "sft.lr=0.001", "sft.lr_scale.vision_encoder=0.1",
-                             "sft.lr_scale.merger=2", "sft.freezing.vision_encoder=train"])
-    module = SFTModule(tiny_loaded.model, tiny_loaded.adapter, cfg.sft, total_steps=10)
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_each_component_is_a_group_at_its_scaled_lr(name):
+    loaded = tiny_model(name)
+    sft = replace(load_config().sft, lr=0.001, lr_scale=LrScale(vision_encoder=0.1, merger=2.0))
+    module = SFTModule(loaded.model, loaded.adapter, sft, total_steps=10)
     optimizer = module.configure_optimizers()["optimizer"]
     lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
     assert lrs == pytest.approx({"vision_encoder": 1e-4, "merger": 2e-3, "language_model": 1e-3})
     counts = {g["name"]: sum(p.numel() for p in g["params"]) for g in optimizer.param_groups}
     expected = {c: 0 for c in lrs}
-    for name, p in tiny_loaded.model.named_parameters():
-        expected[tiny_loaded.adapter.component_of(name)] += p.numel()
+    for param_name, p in loaded.model.named_parameters():
+        expected[loaded.adapter.component_of(param_name)] += p.numel()
     assert counts == expected
 
 
