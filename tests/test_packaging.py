@@ -7,7 +7,6 @@ an empty folder, and a user's own configs folder adds an anatomy the package doe
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -19,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from cme_vlm.bench.explain_memory import cached_explain_memory
+from cme_vlm.bench.memory import SHIPPED_MEASUREMENTS, cached_step_memory
+from cme_vlm.config import load_config
 from cme_vlm.config_files import REPO_ROOT
 
 
@@ -69,9 +71,10 @@ def test_the_installed_command_plans_runs_from_an_empty_folder(installed: Path, 
     assert "plan for 'demo'" in out and "00-frames" in out
     out = _run([str(installed), "run", "experiments/paper.yaml", "--dry-run"], empty, env)
     assert "plan for 'paper'" in out and "training memory" in out
-    shipped = [json.loads(p.read_text()) for p in (REPO_ROOT / "cme_vlm" / "bench" / "measurements").glob("*.json")]
-    paper = {m["stage"]: f"{m['peak'] / 2**30:.1f}" for m in shipped if m["peak"] > 2**30}  # the 7B ones (README)
-    assert set(paper) == {"sft", "dpo"} and all(gib in out for gib in paper.values()), (paper, out)
+    paper = load_config(REPO_ROOT / "experiments" / "paper.yaml", [])
+    shipped = [cached_step_memory(paper, stage, folders=(SHIPPED_MEASUREMENTS,)) for stage in ("sft", "dpo")]
+    shipped.append(cached_explain_memory(paper, folders=(SHIPPED_MEASUREMENTS,)))
+    assert all(m is not None and f"{m.peak / 2**30:.1f}" in out for m in shipped), out  # the README's figures
     assert "not measured" not in out
     assert not any(empty.iterdir())  # a dry run writes nothing
 

@@ -70,19 +70,31 @@ def test_paper_stages_fit_70_gib_as_measured(stage: str):
     assert measured.shape["sequence_length"] >= 575 and measured.provenance["method"].startswith("fake tensors")
 
 
-REAL_SIZE = ["qwen2_5_vl_7b", "medgemma_4b", "internvl3_8b", "llava_onevision_7b", "smolvlm_2b", "qwen3_5_9b"]
+REAL_SIZE = ["qwen2_5_vl_7b", "medgemma_4b", "internvl3_8b", "llava_onevision_7b", "smolvlm_2b", "qwen3_5_9b",
+             "llava_1_5_7b"]
+
+
+def experiment_of(model: str) -> tuple[Path, list[str]]:
+    """The paper's pipeline on ``model``: its ablation ``experiments/ablations/base_<model>.yaml`` where one exists
+    (it may lengthen the sequences the model's images need), else the paper's experiment with ``model=<model>``."""
+    ablation = REPO_ROOT / "experiments" / "ablations" / f"base_{model}.yaml"
+    if ablation.is_file():
+        return ablation, []
+    return REPO_ROOT / "experiments" / "paper.yaml", [f"model={model}"]
 
 
 @pytest.mark.parametrize("model", REAL_SIZE)
 def test_every_real_size_base_model_has_its_paper_memory_recorded(model: str):
-    """The dry-run of ``experiments/paper.yaml model=<model>`` finds a measured SFT, DPO and explain peak.
+    """The dry-run of the paper's pipeline on ``model`` finds a measured SFT, DPO and explain peak.
 
-    After changing a model config or the paper's settings, re-record:
-    ``cme-vlm bench --memory --config experiments/paper.yaml model=<model> model.path= --out cme_vlm/bench/measurements``.
+    After changing a model config or the paper's settings, re-record with ``experiment_of(model)``'s experiment:
+    ``cme-vlm bench --memory --config experiments/ablations/base_<model>.yaml model.path=
+    --out cme_vlm/bench/measurements``.
     """
-    cfg = load_config(REPO_ROOT / "experiments" / "paper.yaml", [f"model={model}"])  # the hub id: the key ignores it
+    experiment, overrides = experiment_of(model)
+    cfg = load_config(experiment, overrides)  # the hub id as model.path: the key ignores it
     for stage in ("sft", "dpo"):
         measured = cached_step_memory(cfg, stage, folders=(SHIPPED_MEASUREMENTS,))
-        assert measured is not None, f"no recorded {stage} step of {model} at the paper's settings"
+        assert measured is not None, f"no recorded {stage} step of {model} for {experiment.name}"
         assert measured.settings["model"]["family"] == cfg.model.family.value
     assert cached_explain_memory(cfg, folders=(SHIPPED_MEASUREMENTS,)) is not None

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from cme_vlm.data.preference_records import preference_dataset, preference_row
 from cme_vlm.models.encoding import ChatEncoder, collate_pairs
 from cme_vlm.models.logprobs import answer_logprobs
 from cme_vlm.preference.reference import precompute_reference
@@ -18,8 +19,6 @@ from cme_vlm.schema import DPOConfig, TrainConfig
 from cme_vlm.training.dpo_module import DPOModule
 from cme_vlm.training.reference import PrecomputedReference
 from cme_vlm.training.sft_module import SFTModule
-
-from .test_dpo_module import _pairs
 
 ANSWERS = ["The duodenum.", "The inferior mesenteric vein, ligated high below the pancreas in left-sided CME.",
            "Angel's hair.", "The pancreas, whose lower border marks the level of the ligation."]
@@ -30,6 +29,19 @@ def _validate(module: L.LightningModule, batches: list[dict[str, Any]], devices:
                         logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     (results,) = trainer.validate(module, dataloaders=DataLoader(batches, batch_size=None), verbose=False)
     return results
+
+
+def _mixed_pairs(n: int):
+    """Pairs whose accepted answer is the long one in even rows and the short one in odd rows: whichever way a
+    perturbation moves the two answers' log-probs, the margins take both signs and the reward accuracy lies
+    strictly between 0 and 1."""
+    rows = []
+    for i in range(n):
+        record = {"id": f"r{i}", "structure": "duodenum", "side": "right", "phase": "p", "split": "train",
+                  "prompt": "What is highlighted?", "overlay": Image.new("RGB", (112, 112), (30 * i, 120, 80))}
+        long, short = f"The duodenum, exposed in right-sided CME {i}.", "Mesentery."
+        rows.append(preference_row(record, *((long, short) if i % 2 == 0 else (short, long)), judge="rubric"))
+    return preference_dataset(rows)
 
 
 def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
@@ -49,7 +61,7 @@ def test_sft_and_dpo_validation_figures_equal_on_one_and_two_processes(tiny_load
     # answers of different lengths: a per-batch mean averaged over ranks would differ from the per-token mean
     sft_batches = [encoder.encode([image] * 2, ["Which structure?"] * 2, [ANSWERS[i], ANSWERS[(i + 1) % 4]])
                    for i in range(4)]
-    pairs = precompute_reference(tiny_loaded, _pairs(8), batch_size=8, max_length=512)
+    pairs = precompute_reference(tiny_loaded, _mixed_pairs(8), batch_size=8, max_length=512)
     pair_batches = []
     for rows in ([0], [1, 2], [3, 4, 5], [6, 7]):
         batch = collate_pairs(encoder, [pairs[i] for i in rows])
