@@ -17,6 +17,7 @@ from cme_vlm.evaluation.report import (
     _data_uri,
     _html_table,
     _md_table,
+    display_name,
     main_table,
     model_label,
     provenance_lines,
@@ -32,7 +33,8 @@ def merged_metrics(runs: list[RunEvaluation]) -> dict[str, Any]:
     models = {f"{run.label} · {model_label(m)}": run.metrics["models"][m]
               for run in runs for m in model_order(list(run.metrics["models"]))}
     judges = sorted({run.metrics["provenance"]["judge"] for run in runs})
-    return {"models": models, "provenance": {"judge": " / ".join(judges)}}
+    names = {k: v for run in runs for k, v in run.metrics.get("display_names", {}).items()}
+    return {"models": models, "provenance": {"judge": " / ".join(judges)}, "display_names": names}
 
 
 def runs_table(runs: list[RunEvaluation]) -> tuple[list[str], list[list[str]]]:
@@ -51,14 +53,16 @@ def _p(value: float) -> str:
     return "–" if not math.isfinite(value) else f"{value:.3g}"
 
 
-def tests_table(tests: list[RunTest], with_structure: bool = False) -> tuple[list[str], list[list[str]]]:
-    """One row per paired test: the two runs' means, the mean paired difference, p and n."""
+def tests_table(tests: list[RunTest], merged: dict[str, Any], with_structure: bool = False
+                ) -> tuple[list[str], list[list[str]]]:
+    """One row per paired test: the two runs' means, the mean paired difference, p and n (structures by the
+    registry's names in ``merged``)."""
     header = [*(["Structure"] if with_structure else []), "Model", "Metric", "Run A", "Run B", "Mean A", "Mean B",
               "Mean difference (A − B)", "p (Wilcoxon)", "n"]
     rows = []
     for t in tests:
         a, b = (name.split(" · ")[0] for name in (t.test.a, t.test.b))
-        rows.append([*([t.structure.replace("_", " ")] if with_structure else []), model_label(t.model),
+        rows.append([*([display_name(merged, t.structure)] if with_structure else []), model_label(t.model),
                      METRICS[t.test.metric], a, b, _fmt(t.mean_a), _fmt(t.mean_b), _fmt(t.test.mean_diff, 3),
                      _p(t.test.p_value), str(t.test.n)])
     return header, rows
@@ -84,9 +88,9 @@ def _sections(runs: list[RunEvaluation], overall: list[RunTest], per_structure: 
     return [
         ("Runs", runs_table(runs)),
         ("Results (Table 1), side by side", main_table(merged)),
-        ("Paired tests between runs (Wilcoxon signed-rank, same test records)", tests_table(overall)),
+        ("Paired tests between runs (Wilcoxon signed-rank, same test records)", tests_table(overall, merged)),
         ("Per structure", structure_table(merged)),
-        ("Paired tests per structure", tests_table(per_structure, with_structure=True)),
+        ("Paired tests per structure", tests_table(per_structure, merged, with_structure=True)),
         ("Config differences", config_table(runs, differences)),
     ]
 

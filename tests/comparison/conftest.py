@@ -63,6 +63,7 @@ def write_evaluation(run: Path, experiment: Path | None, identified: int, seed: 
         "models": {m: summarise_model(cfg, rows, scores[m]["answer"], scores[m]) for m in MODELS},
         "tests": paired_tests(scores),
         "cases": [_case(i, row, scores, {}) for i, row in enumerate(rows)],
+        "display_names": {key: spec.display_name for key, spec in cfg.anatomy.structures.items()},  # as 06-eval's
     }
     atomic.write_json(out / METRICS_FILENAME, metrics)
     save_config(cfg, out)

@@ -31,6 +31,7 @@ def test_the_report_puts_both_runs_side_by_side_with_paired_tests(two_runs, tmp_
     assert "| ablation | – | no_overlay |" in md
     assert md.count("### demo") == 2 and md.count("Model **SFT**") == 2  # which model and data made each figure
     assert "Paired tests per structure" in md and "| pancreas | SFT | Identification accuracy |" in md
+    assert "| angel's hair | SFT | Identification accuracy |" in md and "angels" not in md  # the registry's names
     summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     sft = next(t for t in summary["tests"] if t["model"] == "sft" and t["metric"] == "identification")
     assert sft["p_value"] < 0.01 and sft["n"] == 30 and "significantly better" in sft["verdict"]
