@@ -16,6 +16,7 @@ from cme_vlm.errors import ConfigError
 from cme_vlm.schema import ExperimentConfig, TrainConfig
 from cme_vlm.tracking import wandb_logger
 from cme_vlm.training.checkpoints import StageCheckpoints, StreamingCheckpointIO
+from cme_vlm.training.interrupt import InterruptAtBatchEnd
 from cme_vlm.training.precision import precision_plugin
 from cme_vlm.training.progress import progress_bar
 from cme_vlm.training.sharding import STRATEGY as FSDP
@@ -31,7 +32,8 @@ def build_trainer(
         num_nodes=train.num_nodes, plugins=[precision_plugin(train, job), StreamingCheckpointIO()],
         max_epochs=train.epochs, max_steps=total_steps, val_check_interval=train.val_every_n_steps or None,
         log_every_n_steps=train.log_every_n_steps,
-        callbacks=[StageCheckpoints(out / "checkpoints", train, job), progress_bar(job), *callbacks],
+        callbacks=[StageCheckpoints(out / "checkpoints", train, job), progress_bar(job), InterruptAtBatchEnd(),
+                   *callbacks],
         logger=wandb_logger(cfg.wandb, cfg, out, job), default_root_dir=str(out), num_sanity_val_steps=0,
         enable_model_summary=False,
     )
